@@ -1,23 +1,67 @@
 import ArgumentParser
+import Foundation
 import Shared
 
 extension Tensors {
     struct Info: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List every record's tensors and metadata, then a summary.")
+        static let configuration = CommandConfiguration(
+            abstract: "List every record's tensors and metadata, then a summary.",
+            discussion: """
+            Reads one record at a time, so a stream of any size is inspected in bounded memory.
+              sample --model m.safetensors --n 64 | tensors info
+              tensors info --summary train.tzst
+            """)
 
         @Argument(help: "Stream to read (default: standard input).")
         var file: String?
 
         @OptionGroup var input: InputOptions
 
+        @Flag(help: "Print one JSON object per record, then a summary object (JSON lines).")
+        var json = false
+
+        @Flag(name: [.short, .long], help: "Print only the summary.")
+        var summary = false
+
         func run() throws {
             let reader = try input.reader(file ?? input.input)
-            var records = 0
+            var records = 0, samples = 0, payload = 0
+            var names: [String: (dtype: String, shape: [Int])] = [:]
             while let record = try reader.read() {
+                let b = record.batchSize ?? 0
+                if !summary {
+                    if json {
+                        var tensors: [String] = []
+                        for (name, t) in record.tensors {
+                            tensors.append("\(JSON.quote(name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))]}")
+                        }
+                        let meta = record.metadata.keys.sorted().map { "\(JSON.quote($0)):\(JSON.quote(record.metadata[$0]!))" }
+                        print("{\"record\":\(records),\"samples\":\(b),\"payload_bytes\":\(record.payloadBytes),\"tensors\":{\(tensors.joined(separator: ","))},\"metadata\":{\(meta.joined(separator: ","))}}")
+                    } else {
+                        print("record \(records): \(b) samples, \(record.payloadBytes) bytes")
+                        for (name, t) in record.tensors {
+                            let shape = "[" + t.shape.map(String.init).joined(separator: ",") + "]"
+                            print("  \(name.padding(toLength: max(12, name.count), withPad: " ", startingAt: 0)) \(t.dtype.rawValue.padding(toLength: 5, withPad: " ", startingAt: 0)) \(shape)")
+                        }
+                        for key in record.metadata.keys.sorted() {
+                            print("  @\(key) = \(record.metadata[key]!)")
+                        }
+                    }
+                }
+                for (name, t) in record.tensors where names[name] == nil { names[name] = (t.dtype.rawValue, t.shape) }
                 records += 1
-                print("record \(records - 1): \(record.names.count) tensors")
+                samples += b
+                payload += record.payloadBytes
             }
-            print("records: \(records)")
+            if json {
+                print("{\"summary\":{\"records\":\(records),\"samples\":\(samples),\"payload_bytes\":\(payload),\"compressed_bytes\":\(reader.compressedBytes)}}")
+            } else {
+                let ratio = payload > 0 ? String(format: "%.2f", Double(reader.compressedBytes) / Double(payload)) : "-"
+                print("records: \(records)  samples: \(samples)  payload: \(payload) bytes  compressed: \(reader.compressedBytes) bytes (ratio \(ratio))")
+                if summary && !names.isEmpty {
+                    print("tensors: " + names.keys.sorted().map { "\($0) \(names[$0]!.dtype)" }.joined(separator: ", "))
+                }
+            }
         }
     }
 }

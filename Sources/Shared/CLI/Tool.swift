@@ -39,6 +39,8 @@ public enum ToolMain {
         } catch let error as CleanExit {
             Command.exit(withError: error)
         } catch {
+            // Help requests and parser errors surface from run() for commands with subcommands.
+            if String(reflecting: Swift.type(of: error)).hasPrefix("ArgumentParser.") { Command.exit(withError: error) }
             fail(name, "\(error)")
         }
     }

@@ -18,6 +18,7 @@ public final class ZstdReader {
     private var inputPos = 0
     private var insideFrame = false
     private var sawAnyInput = false
+    private var startsWithFrameMagic = false
     private var finished = false
     /// Compressed bytes consumed so far.
     public private(set) var compressedBytes = 0
@@ -46,6 +47,12 @@ public final class ZstdReader {
                 if errno == EINTR { continue }
                 throw StreamError.io("read failed: \(String(cString: strerror(errno)))")
             }
+            if compressedBytes == 0 && n > 0 {
+                // A zstd frame (0xFD2FB528) or skippable frame (0x184D2A5?), little-endian.
+                let b = input.assumingMemoryBound(to: UInt8.self)
+                startsWithFrameMagic = n >= 4 && ((b[0] == 0x28 && b[1] == 0xB5 && b[2] == 0x2F && b[3] == 0xFD)
+                    || (b[0] & 0xF0 == 0x50 && b[1] == 0x2A && b[2] == 0x4D && b[3] == 0x18))
+            }
             inputSize = n
             inputPos = 0
             compressedBytes += n
@@ -64,7 +71,7 @@ public final class ZstdReader {
             let ret = ZSTD_decompressStream(stream, &out, &inb)
             if ZSTD_isError(ret) != 0 {
                 let code = ZSTD_getErrorCode(ret)
-                if !sawAnyInput { throw StreamError.notZstd }
+                if !sawAnyInput && !startsWithFrameMagic { throw StreamError.notZstd }
                 if code == ZSTD_error_prefix_unknown && !insideFrame {
                     throw StreamError.corruptZstd("bytes that are not a zstd frame follow a complete frame")
                 }

@@ -1,0 +1,97 @@
+import Foundation
+import XCTest
+@testable import Shared
+
+/// Helpers shared by the tests: temporary files, zstd-compressing raw bytes, and running the
+/// built executables (they sit next to the test bundle in the build folder).
+enum TestSupport {
+    static func temporaryDirectory() throws -> String {
+        let path = NSTemporaryDirectory() + "drl-tests-\(getpid())-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    /// zstd-compresses raw bytes exactly as a stream writer would, without validating them.
+    static func compress(_ bytes: [UInt8], level: Int = 1) throws -> [UInt8] {
+        let dir = try temporaryDirectory()
+        let path = dir + "/raw.zst"
+        let file = try AtomicFile(path: path)
+        let writer = try ZstdWriter(fd: file.fd, level: level)
+        try writer.write(bytes)
+        try writer.finish()
+        try file.commit()
+        return try readFile(path)
+    }
+
+    static func streamBytes(_ records: [Record], level: Int = 1) throws -> [UInt8] {
+        let dir = try temporaryDirectory()
+        let path = dir + "/s.tzst"
+        let writer = try TensorStreamWriter(path: path, level: level)
+        for r in records { try writer.write(r) }
+        try writer.finish()
+        return try readFile(path)
+    }
+
+    static func readAll(_ bytes: [UInt8], limits: RecordCodec.Limits = .init()) throws -> [Record] {
+        let dir = try temporaryDirectory()
+        let path = dir + "/in.tzst"
+        try AtomicFile.write(bytes, to: path)
+        let reader = try TensorStreamReader(path: path, limits: limits)
+        var out: [Record] = []
+        while let r = try reader.read() { out.append(r) }
+        return out
+    }
+
+    /// A raw record: given header JSON text and a payload, the bytes of the record.
+    static func rawRecord(header: String, payload: [UInt8], lengthOverride: UInt64? = nil) -> [UInt8] {
+        let json = Array(header.utf8)
+        var out = [UInt8]()
+        withUnsafeBytes(of: (lengthOverride ?? UInt64(json.count)).littleEndian) { out.append(contentsOf: $0) }
+        out += json
+        out += payload
+        return out
+    }
+
+    static var productsDirectory: URL {
+        for bundle in Bundle.allBundles where bundle.bundlePath.hasSuffix(".xctest") {
+            return bundle.bundleURL.deletingLastPathComponent()
+        }
+        return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    }
+
+    struct Result {
+        var status: Int32
+        var stdout: [UInt8]
+        var stderr: String
+    }
+
+    /// Runs a built tool with the given stdin, with a time limit so a hang fails the test.
+    static func run(_ tool: String, _ arguments: [String], stdin: [UInt8] = [], timeout: TimeInterval = 60) throws -> Result {
+        let process = Process()
+        process.executableURL = productsDirectory.appendingPathComponent(tool)
+        process.arguments = arguments
+        let dir = try temporaryDirectory()
+        let inPath = dir + "/stdin", outPath = dir + "/stdout", errPath = dir + "/stderr"
+        FileManager.default.createFile(atPath: inPath, contents: Data(stdin))
+        FileManager.default.createFile(atPath: outPath, contents: nil)
+        FileManager.default.createFile(atPath: errPath, contents: nil)
+        process.standardInput = FileHandle(forReadingAtPath: inPath)
+        process.standardOutput = FileHandle(forWritingAtPath: outPath)
+        process.standardError = FileHandle(forWritingAtPath: errPath)
+        try process.run()
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning {
+            if Date() > deadline {
+                process.terminate()
+                XCTFail("\(tool) \(arguments) did not finish within \(timeout) s")
+                break
+            }
+            usleep(2000)
+        }
+        process.waitUntilExit()
+        let out = try readFile(outPath)
+        let err = String(decoding: try readFile(errPath), as: UTF8.self)
+        try? FileManager.default.removeItem(atPath: dir)
+        return Result(status: process.terminationStatus, stdout: out, stderr: err)
+    }
+}
