@@ -9,7 +9,8 @@ final class SamplerTableTests: XCTestCase {
             throw XCTSkip("set SAMPLER_TABLE_OUT=path to regenerate the docs/samplers.md table")
         }
         let start = Date()
-        let table = "### Exact moment propagation\n" + SamplerDiagnostics.errorTable(monteCarlo: false)
+        let table = "### Summary (exact moment propagation, default eta)\n\n" + SamplerDiagnostics.summaryTable()
+            + "\n### Exact moment propagation\n" + SamplerDiagnostics.errorTable(monteCarlo: false)
             + "\n### Monte Carlo through Sampler.sample\n" + SamplerDiagnostics.errorTable(monteCarlo: true, samples: 50_000)
         try table.write(toFile: path, atomically: true, encoding: .utf8)
         print("error table written to \(path) in \(Date().timeIntervalSince(start)) s")
