@@ -358,6 +358,8 @@ final class SamplerTests: XCTestCase {
             let a = s.sample(model: field, noise: noise, labels: labels, ids: ids, seed: 21, record: true)
             let again = s.sample(model: field, noise: noise, labels: labels, ids: ids, seed: 21, record: true)
             XCTAssertEqual(bits(a.trajectory!), bits(again.trajectory!), kind.rawValue)
+            let implicitNoise = s.sample(model: field, labels: labels, ids: ids, seed: 21, record: true)
+            XCTAssertEqual(bits(implicitNoise.trajectory!), bits(a.trajectory!), kind.rawValue)
             XCTAssertEqual(bits(a.logProbs!), bits(again.logProbs!), kind.rawValue)
             // Two batches (4 + 6) give the same rows, bit for bit.
             let split = 4

@@ -410,6 +410,13 @@ public struct Sampler: Sendable {
                             stds: stds, stochastic: stochastic)
     }
 
+    /// `sample` from the toolkit's initial noise: stream 0 of `CounterNoise(seed)` for each id.
+    public func sample(model: VelocityField, labels: [Int], ids: [Int64], seed: UInt64,
+                       record: Bool = false, recordMeans: Bool = false) -> SampleResult {
+        sample(model: model, noise: Sampler.initialNoise(seed: seed, ids: ids, dimension: model.sampleDimension),
+               labels: labels, ids: ids, seed: seed, record: record, recordMeans: recordMeans)
+    }
+
     /// Recomputes log pi(x_{k+1} | x_k) for every step from a recorded trajectory [B, S+1, D]
     /// (t = times[0] first), with this sampler's settings and `model` (e.g. the current policy
     /// for the PPO ratio). Returns [B, S], 0 on deterministic steps, computed exactly as `sample`
