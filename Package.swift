@@ -9,6 +9,7 @@ let package = Package(
     name: "drl-toolkit",
     products: [
         .executable(name: "tensors", targets: ["tensors"]),
+        .executable(name: "fid", targets: ["fid"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -34,6 +35,7 @@ let package = Package(
             swiftSettings: optimize
         ),
         .executableTarget(name: "tensors", dependencies: ["Shared"], swiftSettings: optimize),
+        .executableTarget(name: "fid", dependencies: ["Shared"], swiftSettings: optimize),
         .testTarget(name: "SharedTests", dependencies: ["Shared"]),
     ],
     // Swift 5 language mode: the tools are single-process pipelines whose parallelism lives in

@@ -43,4 +43,74 @@ public enum BLAS {
             b, Int32(ldb ?? (transB ? k : n)),
             beta, c, Int32(ldc ?? n))
     }
+
+    /// C[n,n] (upper triangle, row-major) = alpha * A^T A + beta * C, with A stored [k,n]
+    /// (rows are samples); float64. Only the upper triangle of C is read and written.
+    @inline(__always)
+    public static func dsyrkUpperAtA(
+        n: Int, k: Int, alpha: Double = 1, a: UnsafePointer<Double>, lda: Int? = nil,
+        beta: Double = 1, c: UnsafeMutablePointer<Double>, ldc: Int? = nil
+    ) {
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(n), Int32(k), alpha,
+                    a, Int32(lda ?? n), beta, c, Int32(ldc ?? n))
+    }
+
+    /// C[n,n] (upper triangle, row-major) = alpha * A A^T + beta * C, with A stored [n,k]; float64.
+    @inline(__always)
+    public static func dsyrkUpperAAt(
+        n: Int, k: Int, alpha: Double = 1, a: UnsafePointer<Double>, lda: Int? = nil,
+        beta: Double = 0, c: UnsafeMutablePointer<Double>, ldc: Int? = nil
+    ) {
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, Int32(n), Int32(k), alpha,
+                    a, Int32(lda ?? k), beta, c, Int32(ldc ?? n))
+    }
+
+    /// C[m,n] = alpha * A B + beta * C with A [m,m] symmetric (upper triangle read), row-major; float64.
+    @inline(__always)
+    public static func dsymmLeftUpper(
+        m: Int, n: Int, alpha: Double = 1, a: UnsafePointer<Double>, lda: Int? = nil,
+        b: UnsafePointer<Double>, ldb: Int? = nil,
+        beta: Double = 0, c: UnsafeMutablePointer<Double>, ldc: Int? = nil
+    ) {
+        cblas_dsymm(CblasRowMajor, CblasLeft, CblasUpper, Int32(m), Int32(n), alpha,
+                    a, Int32(lda ?? m), b, Int32(ldb ?? n), beta, c, Int32(ldc ?? n))
+    }
+
+    /// The OpenBLAS kernel family in use (for benchmark reports).
+    public static var coreName: String { String(cString: openblas_get_corename()) }
+}
+
+/// LAPACK through its Fortran ABI (Debian ships no LAPACKE). Symmetric matrices are the same in
+/// row- and column-major order, so callers pass row-major buffers unchanged.
+public enum LAPACK {
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Eigen-decomposition of a symmetric n x n matrix (upper triangle read, row-major or
+    /// column-major alike) by divide and conquer (dsyevd). Returns the eigenvalues in ascending
+    /// order. With `vectors`, `a` is overwritten so that row j (in row-major terms) is the unit
+    /// eigenvector of eigenvalue j; without, `a` is destroyed.
+    public static func symmetricEigen(_ a: UnsafeMutablePointer<Double>, n: Int, vectors: Bool) throws -> [Double] {
+        guard n > 0 else { return [] }
+        var w = [Double](repeating: 0, count: n)
+        var jobz: CChar = vectors ? 86 : 78  // "V" / "N"
+        // Column-major "L" on a row-major buffer is the row-major upper triangle.
+        var uplo: CChar = 76
+        var nn = Int32(n), lda = Int32(n), info: Int32 = 0
+        var lwork: Int32 = -1, liwork: Int32 = -1
+        var wq = 0.0
+        var iwq: Int32 = 0
+        dsyevd_(&jobz, &uplo, &nn, a, &lda, &w, &wq, &lwork, &iwq, &liwork, &info, 1, 1)
+        guard info == 0 else { throw Failure(description: "dsyevd workspace query failed (info \(info))") }
+        lwork = Int32(wq.rounded(.up))
+        liwork = max(iwq, 1)
+        var work = [Double](repeating: 0, count: Int(lwork))
+        var iwork = [Int32](repeating: 0, count: Int(liwork))
+        dsyevd_(&jobz, &uplo, &nn, a, &lda, &w, &work, &lwork, &iwork, &liwork, &info, 1, 1)
+        guard info == 0 else {
+            throw Failure(description: info < 0 ? "dsyevd: bad argument \(-info)" : "dsyevd did not converge (info \(info)); the matrix may hold NaN or Inf")
+        }
+        return w
+    }
 }
