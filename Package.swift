@@ -36,7 +36,7 @@ let package = Package(
         ),
         .executableTarget(name: "tensors", dependencies: ["Shared"], swiftSettings: optimize),
         .executableTarget(name: "fid", dependencies: ["Shared"], swiftSettings: optimize),
-        .testTarget(name: "SharedTests", dependencies: ["Shared"]),
+        .testTarget(name: "SharedTests", dependencies: ["Shared"], exclude: ["Golden"]),
     ],
     // Swift 5 language mode: the tools are single-process pipelines whose parallelism lives in
     // BLAS and explicit worker loops, so Swift 6's data-race checking buys little here.

@@ -11,7 +11,8 @@ public struct FrechetResult: Sendable, Equatable {
     public var traceB: Double
     /// tr sqrt(C_A^1/2 C_B C_A^1/2).
     public var traceSqrt: Double
-    /// Number of eigenvalues of C_A above the numerical-rank threshold (d * eps * max eigenvalue).
+    /// Number of eigenvalues of C_A above the numerical-rank threshold (d * eps * max |eigenvalue|);
+    /// those below it are treated as 0.
     public var rankA: Int
     /// Most negative eigenvalue clamped to 0, of C_A and of the product matrix (0 if none).
     public var clampedA: Double
@@ -20,9 +21,10 @@ public struct FrechetResult: Sendable, Equatable {
 
 /// Frechet distance through the symmetric eigen route (no general matrix square root):
 ///
-///   C_A = V diag(l) V^T        (dsyevd; l < 0 clamped to 0)
+///   C_A = V diag(l) V^T        (dsyevd; l below d * eps * max|l|, negative ones included, set to 0)
 ///   W   = V diag(sqrt l)       so that C_A^1/2 = W V^T and C_A^1/2 C_B C_A^1/2 = V (W^T C_B W) V^T
-///   tr sqrt(C_A^1/2 C_B C_A^1/2) = sum_i sqrt(max(m_i, 0)),  m = eig(W^T C_B W)  (dsyevd, values only)
+///   tr sqrt(C_A^1/2 C_B C_A^1/2) = sum_i sqrt(max(m_i, 0)),  m = eig(W^T C_B W)  (dsyevd, values only;
+///                                  m below r * eps * max|m| counts as 0)
 ///
 /// W^T C_B W is orthogonally similar to S1 C_B S1 (S1 = C_A^1/2), so it has the same eigenvalues
 /// while skipping one d^3 product; columns of W with l = 0 are dropped (rank-deficient C_A).
@@ -45,8 +47,10 @@ public enum FrechetDistance {
         let tol = Double(d) * Double.ulpOfOne * max(abs(lmax), abs(lambda.first ?? 0))
         let rank = lambda.filter { $0 > tol }.count
         let clampedA = min(0, lambda.first ?? 0)
-        // Rows j of e are eigenvectors; keep those with l_j > 0, scaled by sqrt(l_j): E = W^T, [r, d].
-        let keep = (0..<d).filter { lambda[$0] > 0 }
+        // Rows j of e are eigenvectors; keep those above the noise floor `tol` (eigenvalues below it
+        // are rounding noise of a zero eigenvalue, whose square root ~1e-8 would bias the trace),
+        // scaled by sqrt(l_j): E = W^T, [r, d].
+        let keep = (0..<d).filter { lambda[$0] > tol }
         let r = keep.count
         guard r > 0 else {
             return FrechetResult(distance: meanTerm + trA + trB, meanTerm: meanTerm, traceA: trA, traceB: trB,
@@ -90,8 +94,10 @@ public enum FrechetDistance {
         let mu = try m.withUnsafeMutableBufferPointer {
             try LAPACK.symmetricEigen($0.baseAddress!, n: r, vectors: false)
         }
+        // Same noise floor for the product's eigenvalues (relative to its largest one).
+        let tolM = Double(r) * Double.ulpOfOne * max(abs(mu.last ?? 0), abs(mu.first ?? 0))
         var traceSqrt = 0.0
-        for v in mu where v > 0 { traceSqrt += v.squareRoot() }
+        for v in mu where v > tolM { traceSqrt += v.squareRoot() }
         let distance = meanTerm + trA + trB - 2 * traceSqrt
         return FrechetResult(distance: distance, meanTerm: meanTerm, traceA: trA, traceB: trB, traceSqrt: traceSqrt,
                              rankA: rank, clampedA: clampedA, clampedProduct: min(0, mu.first ?? 0))
