@@ -79,6 +79,9 @@ extension Fid {
         @Flag(name: .customLong("ignore-encoder"), help: "Compare even when only one side names its encoder (different encoders are always refused).")
         var ignoreEncoder = false
 
+        @Option(name: .customLong("route"), help: "How tr sqrt is computed: auto (Cholesky factor of C_A when it is positive definite, else eigen), eigen, cholesky.")
+        var route: FrechetDistance.Route = .auto
+
         @OptionGroup var threads: ThreadOptions
         @OptionGroup var progress: ProgressOptions
 
@@ -102,7 +105,7 @@ extension Fid {
             try FrechetDistance.checkEncoders(sa.encoder, sb.encoder, nameA: sideA.name, nameB: sideB.name, allowUnknown: ignoreEncoder)
             warnIfSingular(sideA, label: "A")
             warnIfSingular(sideB, label: "B")
-            let fd = try FrechetDistance.compute(sa, sb)
+            let fd = try FrechetDistance.compute(sa, sb, route: route)
             var kidResult: KernelDistanceResult?
             var prdcResult: PRDCResult?
             if kid, let fa = sideA.features, let fb = sideB.features {
@@ -166,7 +169,7 @@ struct Report {
         row("  |mu_A - mu_B|^2", g(fd.meanTerm))
         row("  tr C_A, tr C_B", "\(g(fd.traceA)), \(g(fd.traceB))")
         row("  tr sqrt(...)", g(fd.traceSqrt))
-        row("  rank C_A", "\(fd.rankA) of \(a.statistics.dim)")
+        row("  rank C_A", "\(fd.rankA) of \(a.statistics.dim) (\(fd.route) route)")
         if let kid {
             row("KID", "\(g(kid.mean)) +- \(g(kid.standardError)) (s.e.; std \(g(kid.std)); \(kid.subsets) subsets of \(kid.subsetSize))")
             row("KID x 1000", String(format: "%.4f +- %.4f", kid.mean * 1000, kid.standardError * 1000))
@@ -188,7 +191,7 @@ struct Report {
                 row("  " + name, va.padding(toLength: 14, withPad: " ", startingAt: 0) + vb)
             }
         }
-        row("time", String(format: "%.2f s reading and statistics, %.2f s metrics", loadSeconds, metricSeconds))
+        row("time", String(format: "%.2f s reading and statistics, %.2f s metrics (OpenBLAS %@, %d threads)", loadSeconds, metricSeconds, BLAS.coreName, BLAS.threads))
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -207,7 +210,7 @@ struct Report {
         var parts = [
             "\"a\":\(side(a))", "\"b\":\(side(b))",
             "\"fd\":\(num(fd.distance))",
-            "\"fd_terms\":{\"mean\":\(num(fd.meanTerm)),\"trace_a\":\(num(fd.traceA)),\"trace_b\":\(num(fd.traceB)),\"trace_sqrt\":\(num(fd.traceSqrt)),\"rank_a\":\(fd.rankA)}",
+            "\"fd_terms\":{\"mean\":\(num(fd.meanTerm)),\"trace_a\":\(num(fd.traceA)),\"trace_b\":\(num(fd.traceB)),\"trace_sqrt\":\(num(fd.traceSqrt)),\"rank_a\":\(fd.rankA),\"route\":\(str(fd.route))}",
         ]
         if let kid {
             parts.append("\"kid\":{\"mean\":\(num(kid.mean)),\"std\":\(num(kid.std)),\"se\":\(num(kid.standardError)),\"subsets\":\(kid.subsets),\"subset_size\":\(kid.subsetSize)}")
@@ -216,6 +219,9 @@ struct Report {
             parts.append("\"prdc\":{\"precision\":\(num(prdc.precision)),\"recall\":\(num(prdc.recall)),\"density\":\(num(prdc.density)),\"coverage\":\(num(prdc.coverage)),\"k_pr\":\(prdc.kPR),\"k_dc\":\(prdc.kDC)}")
         }
         parts.append("\"seconds\":{\"read\":\(num(loadSeconds)),\"metrics\":\(num(metricSeconds))}")
+        parts.append("\"blas\":{\"core\":\(str(BLAS.coreName)),\"threads\":\(BLAS.threads)}")
         return "{" + parts.joined(separator: ",") + "}\n"
     }
 }
+
+extension FrechetDistance.Route: ExpressibleByArgument {}

@@ -34,7 +34,11 @@ final class FidGoldenTests: XCTestCase {
         XCTAssertLessThan(MetricsTests.maxRelDiff(a.statistics.mean, mu), 1e-12)
         XCTAssertLessThan(MetricsTests.maxRelDiff(a.statistics.covariance, sigma), 1e-10)
         let fd = try FrechetDistance.compute(a.statistics, b.statistics)
+        XCTAssertEqual(fd.route, "cholesky")
         assertRelative(fd.distance, number("fd"), 1e-6, "FD")
+        for route in FrechetDistance.Route.allCases {
+            assertRelative(try FrechetDistance.compute(a.statistics, b.statistics, route: route).distance, number("fd"), 1e-6, "FD \(route) route")
+        }
         assertRelative(fd.traceA, number("trace_a"), 1e-10, "tr C_A")
         assertRelative(fd.traceB, number("trace_b"), 1e-10, "tr C_B")
         // Symmetric in its arguments.

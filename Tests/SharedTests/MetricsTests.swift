@@ -79,7 +79,11 @@ final class MetricsTests: XCTestCase {
     func testFrechetOfIdenticalSetsIsZero() throws {
         let x = Self.features(n: 400, d: 16, seed: 2, offset: 3)
         let s = try FeatureStatistics.of(x, count: 400, dim: 16)
-        let r = try FrechetDistance.compute(s, s)
+        for route in FrechetDistance.Route.allCases {
+            let r = try FrechetDistance.compute(s, s, route: route)
+            XCTAssertEqual(r.distance, 0, accuracy: 1e-10 * s.trace, "\(route)")
+        }
+        let r = try FrechetDistance.compute(s, s, route: .eigen)
         XCTAssertEqual(r.distance, 0, accuracy: 1e-10 * s.trace)
         XCTAssertEqual(r.traceSqrt, s.trace, accuracy: 1e-10 * s.trace)
         XCTAssertEqual(r.rankA, 16)
@@ -112,6 +116,12 @@ final class MetricsTests: XCTestCase {
     }
 
     func testFrechetOfGaussiansMatchesClosedForms() throws {
+        for route in FrechetDistance.Route.allCases where route != .cholesky {
+            try checkClosedForms(route)
+        }
+    }
+
+    func checkClosedForms(_ route: FrechetDistance.Route) throws {
         let d = 12
         var rng = CounterRNG(seed: 3)
         let m1 = (0..<d).map { _ in rng.normal() }, m2 = (0..<d).map { _ in rng.normal() }
@@ -121,8 +131,8 @@ final class MetricsTests: XCTestCase {
         let a = (0..<d).map { _ in 0.1 + 3 * rng.uniform() }, b = (0..<d).map { _ in 0.1 + 3 * rng.uniform() }
         var expected = meanTerm + zip(a, b).map { ($0.squareRoot() - $1.squareRoot()) * ($0.squareRoot() - $1.squareRoot()) }.reduce(0, +)
         var r = try FrechetDistance.compute(FeatureStatistics(count: 100, dim: d, mean: m1, covariance: Self.spd(q, a)),
-                                            FeatureStatistics(count: 100, dim: d, mean: m2, covariance: Self.spd(q, b)))
-        XCTAssertEqual(r.distance, expected, accuracy: 1e-10 * expected)
+                                            FeatureStatistics(count: 100, dim: d, mean: m2, covariance: Self.spd(q, b)), route: route)
+        XCTAssertEqual(r.distance, expected, accuracy: 1e-10 * expected, "\(route)")
         // Non-commuting: C1 = s I, C2 = Q2 diag(b) Q2^T: tr sqrt(C1 C2) = sqrt(s) sum sqrt(b).
         let s = 2.5
         let q2 = Self.orthogonal(d, seed: 5)
@@ -130,15 +140,16 @@ final class MetricsTests: XCTestCase {
         for i in 0..<d { c1[i * d + i] = s }
         expected = meanTerm + Double(d) * s + b.reduce(0, +) - 2 * s.squareRoot() * b.map { $0.squareRoot() }.reduce(0, +)
         r = try FrechetDistance.compute(FeatureStatistics(count: 100, dim: d, mean: m1, covariance: c1),
-                                        FeatureStatistics(count: 100, dim: d, mean: m2, covariance: Self.spd(q2, b)))
-        XCTAssertEqual(r.distance, expected, accuracy: 1e-10 * expected)
+                                        FeatureStatistics(count: 100, dim: d, mean: m2, covariance: Self.spd(q2, b)), route: route)
+        XCTAssertEqual(r.distance, expected, accuracy: 1e-10 * expected, "\(route)")
         // Rank-deficient C1 (as with n <= d): zero eigenvalues are clamped, not turned into NaN.
         var a0 = a
         for k in 0..<4 { a0[k] = 0 }
         expected = meanTerm + zip(a0, b).map { ($0.squareRoot() - $1.squareRoot()) * ($0.squareRoot() - $1.squareRoot()) }.reduce(0, +)
         r = try FrechetDistance.compute(FeatureStatistics(count: 9, dim: d, mean: m1, covariance: Self.spd(q, a0)),
-                                        FeatureStatistics(count: 100, dim: d, mean: m2, covariance: Self.spd(q, b)))
-        XCTAssertEqual(r.distance, expected, accuracy: 1e-9 * expected)
+                                        FeatureStatistics(count: 100, dim: d, mean: m2, covariance: Self.spd(q, b)), route: route)
+        XCTAssertEqual(r.distance, expected, accuracy: 1e-9 * expected, "\(route)")
+        XCTAssertEqual(r.route, "eigen", "a singular C_A must take the eigen route")
         XCTAssertEqual(r.rankA, d - 4)
         XCTAssertTrue(r.distance.isFinite)
     }

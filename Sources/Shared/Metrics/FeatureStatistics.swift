@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 
 /// Mean and covariance of a feature set, in float64: the "statistics" that the Frechet distance
@@ -110,24 +111,41 @@ public struct MetricsError: Error, CustomStringConvertible, Equatable {
 /// cancel catastrophically (the textbook sum-of-squares formula does, in float32 and at large
 /// offsets in float64 too). Chunk boundaries depend only on the global row index, so the result
 /// is bit-for-bit the same however the rows arrive (one row at a time or all at once).
+///
+/// Two chunk buffers alternate: while OpenBLAS folds one into S on a background serial queue,
+/// the caller keeps decoding and converting records into the other, so reading and
+/// decompression overlap the O(n d^2) work. The dsyrk calls still run in chunk order.
 public final class FeatureAccumulator {
     public let dim: Int
     public let chunkRows: Int
     public private(set) var count = 0
-    private var chunk: [Double]
+    private let buffers: [UnsafeMutablePointer<Double>]
+    private let busy: [DispatchGroup]
+    private var current = 0
     private var filled = 0
     private var shift: [Double]?
     private var sum: [Double]
-    private var scatter: [Double]
+    private let scatter: UnsafeMutablePointer<Double>
+    private let queue = DispatchQueue(label: "FeatureAccumulator.dsyrk")
 
-    /// `chunkRows` defaults to about 8 MiB of float64 rows (at least 64 rows, at most 1024).
+    /// `chunkRows` defaults to about 32 MiB of float64 rows (at least 64 rows, at most 4096):
+    /// large enough for dsyrk to run near GEMM speed.
     public init(dim: Int, chunkRows: Int? = nil) {
         precondition(dim > 0)
         self.dim = dim
-        self.chunkRows = max(1, chunkRows ?? min(1024, max(64, (8 << 20) / (8 * dim))))
-        chunk = [Double](repeating: 0, count: self.chunkRows * dim)
+        let rows = max(1, chunkRows ?? min(4096, max(64, (32 << 20) / (8 * dim))))
+        self.chunkRows = rows
+        buffers = (0..<2).map { _ in UnsafeMutablePointer<Double>.allocate(capacity: rows * dim) }
+        busy = [DispatchGroup(), DispatchGroup()]
         sum = [Double](repeating: 0, count: dim)
-        scatter = [Double](repeating: 0, count: dim * dim)
+        scatter = UnsafeMutablePointer<Double>.allocate(capacity: dim * dim)
+        scatter.initialize(repeating: 0, count: dim * dim)
+    }
+
+    deinit {
+        queue.sync {}
+        buffers.forEach { $0.deallocate() }
+        scatter.deallocate()
     }
 
     /// Adds `rows` samples stored row-major in `values` ([rows, dim]). NaN or Inf is an error and
@@ -138,20 +156,18 @@ public final class FeatureAccumulator {
         var r = 0
         while r < rows {
             let take = min(rows - r, chunkRows - filled)
-            var bad = false
-            chunk.withUnsafeMutableBufferPointer { c in
-                let dst = c.baseAddress! + filled * d
-                let src = values.baseAddress! + r * d
-                let total = take * d
-                var acc: Float = 0
-                for i in 0..<total {
-                    let v = src[i]
-                    acc += v - v  // NaN for any NaN or Inf in the chunk
-                    dst[i] = Double(v)
-                }
-                if !acc.isFinite || acc != 0 { bad = true }
+            let dst = buffers[current] + filled * d
+            let src = values.baseAddress! + r * d
+            let total = take * d
+            var acc: Float = 0
+            for i in 0..<total {
+                let v = src[i]
+                acc += v - v  // NaN for any NaN or Inf in the chunk
+                dst[i] = Double(v)
             }
-            if bad { throw MetricsError("NaN or Inf in features (sample \(count + firstNonFinite(values, from: r, rows: take)))") }
+            if acc.isNaN || acc != 0 {
+                throw MetricsError("NaN or Inf in features (sample \(count + firstNonFinite(values, from: r, rows: take)))")
+            }
             filled += take
             count += take
             r += take
@@ -166,42 +182,42 @@ public final class FeatureAccumulator {
         return 0
     }
 
-    /// Folds the pending rows of the chunk into the sums.
+    /// Centres the pending rows, adds them to the sum, and hands the chunk to the dsyrk queue.
     private func flush() {
         guard filled > 0 else { return }
         let d = dim, rows = filled
+        let c = buffers[current]
         if shift == nil {
             var s = [Double](repeating: 0, count: d)
-            chunk.withUnsafeBufferPointer { c in
-                for i in 0..<rows { for j in 0..<d { s[j] += c[i * d + j] } }
-            }
+            for i in 0..<rows { for j in 0..<d { s[j] += c[i * d + j] } }
             for j in 0..<d { s[j] /= Double(rows) }
             shift = s
         }
-        let s = shift!
-        chunk.withUnsafeMutableBufferPointer { c in
-            s.withUnsafeBufferPointer { sp in
-                sum.withUnsafeMutableBufferPointer { acc in
-                    for i in 0..<rows {
-                        let row = c.baseAddress! + i * d
-                        for j in 0..<d {
-                            let v = row[j] - sp[j]
-                            row[j] = v
-                            acc[j] += v
-                        }
+        shift!.withUnsafeBufferPointer { sp in
+            sum.withUnsafeMutableBufferPointer { acc in
+                for i in 0..<rows {
+                    let row = c + i * d
+                    for j in 0..<d {
+                        let v = row[j] - sp[j]
+                        row[j] = v
+                        acc[j] += v
                     }
                 }
             }
-            scatter.withUnsafeMutableBufferPointer { sc in
-                BLAS.dsyrkUpperAtA(n: d, k: rows, a: c.baseAddress!, beta: 1, c: sc.baseAddress!)
-            }
         }
+        let job = SyrkJob(chunk: c, scatter: scatter)
+        queue.async(group: busy[current]) {
+            BLAS.dsyrkUpperAtA(n: d, k: rows, a: job.chunk, beta: 1, c: job.scatter)
+        }
+        current = 1 - current
         filled = 0
+        busy[current].wait()  // the other buffer's dsyrk must be done before it is refilled
     }
 
     /// The mean and unbiased covariance. Needs at least two samples.
     public func finish() throws -> FeatureStatistics {
         flush()
+        queue.sync {}
         guard count > 0 else { throw MetricsError("no samples: the feature set is empty") }
         guard count > 1 else { throw MetricsError("only one sample: the covariance is undefined (n - 1 = 0)") }
         let d = dim, n = Double(count)
@@ -222,4 +238,11 @@ public final class FeatureAccumulator {
         }
         return FeatureStatistics(count: count, dim: d, mean: mean, covariance: cov)
     }
+}
+
+/// The buffers one background dsyrk reads and updates; the accumulator never touches them until
+/// that job is done (it waits on the buffer's group), hence the unchecked Sendable.
+private struct SyrkJob: @unchecked Sendable {
+    let chunk: UnsafeMutablePointer<Double>
+    let scatter: UnsafeMutablePointer<Double>
 }

@@ -17,6 +17,8 @@ public struct FrechetResult: Sendable, Equatable {
     /// Most negative eigenvalue clamped to 0, of C_A and of the product matrix (0 if none).
     public var clampedA: Double
     public var clampedProduct: Double
+    /// How tr sqrt was computed: "cholesky" or "eigen".
+    public var route: String = "eigen"
 }
 
 /// Frechet distance through the symmetric eigen route (no general matrix square root):
@@ -28,8 +30,19 @@ public struct FrechetResult: Sendable, Equatable {
 ///
 /// W^T C_B W is orthogonally similar to S1 C_B S1 (S1 = C_A^1/2), so it has the same eigenvalues
 /// while skipping one d^3 product; columns of W with l = 0 are dropped (rank-deficient C_A).
+///
+/// The `auto` route first tries the same computation with another square-root factor of C_A:
+/// its Cholesky factor C_A = U^T U (dpotrf). Any two factors F with F^T F = C_A differ by an
+/// orthogonal Q (U = Q S1), so U C_B U^T = Q (S1 C_B S1) Q^T has exactly the eigenvalues of
+/// S1 C_B S1, and it costs a Cholesky plus two triangular products instead of a full
+/// eigen-decomposition with vectors. When C_A is not numerically positive definite (n <= d,
+/// collapsed or constant features) dpotrf fails and the eigen route with clamping takes over.
 public enum FrechetDistance {
-    public static func compute(_ a: FeatureStatistics, _ b: FeatureStatistics) throws -> FrechetResult {
+    public enum Route: String, Sendable, CaseIterable {
+        case auto, eigen, cholesky
+    }
+
+    public static func compute(_ a: FeatureStatistics, _ b: FeatureStatistics, route: Route = .auto) throws -> FrechetResult {
         guard a.dim == b.dim else {
             throw MetricsError("feature dimensions differ: \(a.dim) vs \(b.dim)")
         }
@@ -37,6 +50,27 @@ public enum FrechetDistance {
         var meanTerm = 0.0
         for i in 0..<d { let t = a.mean[i] - b.mean[i]; meanTerm += t * t }
         let trA = a.trace, trB = b.trace
+
+        if route != .eigen {
+            var u = a.covariance
+            let positiveDefinite = try u.withUnsafeMutableBufferPointer { try LAPACK.cholesky($0.baseAddress!, n: d) }
+            if positiveDefinite {
+                // M = U C_B U^T, in place in a copy of C_B: T = U C_B, then M = T U^T.
+                var m = b.covariance
+                u.withUnsafeBufferPointer { up in
+                    m.withUnsafeMutableBufferPointer { mp in
+                        BLAS.dtrmm(left: true, upper: true, transA: false, m: d, n: d, a: up.baseAddress!, lda: d, b: mp.baseAddress!)
+                        BLAS.dtrmm(left: false, upper: true, transA: true, m: d, n: d, a: up.baseAddress!, lda: d, b: mp.baseAddress!)
+                    }
+                }
+                u = []
+                let (traceSqrt, clamped) = try traceSqrtOfSymmetric(&m, n: d)
+                return FrechetResult(distance: meanTerm + trA + trB - 2 * traceSqrt, meanTerm: meanTerm, traceA: trA, traceB: trB,
+                                     traceSqrt: traceSqrt, rankA: d, clampedA: 0, clampedProduct: clamped, route: "cholesky")
+            } else if route == .cholesky {
+                throw MetricsError("the covariance of A is not positive definite: the Cholesky route cannot be used")
+            }
+        }
 
         // Eigen-decomposition of C_A.
         var e = a.covariance
@@ -83,24 +117,31 @@ public enum FrechetDistance {
             }
         }
         t = []
-        // Symmetrise (rounding makes the product slightly asymmetric).
-        for i in 0..<r {
-            for j in (i + 1)..<max(i + 1, r) {
-                let v = 0.5 * (m[i * r + j] + m[j * r + i])
-                m[i * r + j] = v
-                m[j * r + i] = v
+        let (traceSqrt, clamped) = try traceSqrtOfSymmetric(&m, n: r)
+        let distance = meanTerm + trA + trB - 2 * traceSqrt
+        return FrechetResult(distance: distance, meanTerm: meanTerm, traceA: trA, traceB: trB, traceSqrt: traceSqrt,
+                             rankA: rank, clampedA: clampedA, clampedProduct: clamped, route: "eigen")
+    }
+
+    /// sum sqrt(max(eig(M), 0)) of a nearly symmetric n x n matrix (symmetrised first, since
+    /// rounding in the products makes it slightly asymmetric; destroyed). Eigenvalues below
+    /// n * eps * max|eig| are rounding noise of zero and count as 0. Also returns the most
+    /// negative eigenvalue (0 if none).
+    static func traceSqrtOfSymmetric(_ m: inout [Double], n: Int) throws -> (Double, Double) {
+        for i in 0..<n {
+            for j in (i + 1)..<max(i + 1, n) {
+                let v = 0.5 * (m[i * n + j] + m[j * n + i])
+                m[i * n + j] = v
+                m[j * n + i] = v
             }
         }
         let mu = try m.withUnsafeMutableBufferPointer {
-            try LAPACK.symmetricEigen($0.baseAddress!, n: r, vectors: false)
+            try LAPACK.symmetricEigen($0.baseAddress!, n: n, vectors: false)
         }
-        // Same noise floor for the product's eigenvalues (relative to its largest one).
-        let tolM = Double(r) * Double.ulpOfOne * max(abs(mu.last ?? 0), abs(mu.first ?? 0))
+        let tol = Double(n) * Double.ulpOfOne * max(abs(mu.last ?? 0), abs(mu.first ?? 0))
         var traceSqrt = 0.0
-        for v in mu where v > tolM { traceSqrt += v.squareRoot() }
-        let distance = meanTerm + trA + trB - 2 * traceSqrt
-        return FrechetResult(distance: distance, meanTerm: meanTerm, traceA: trA, traceB: trB, traceSqrt: traceSqrt,
-                             rankA: rank, clampedA: clampedA, clampedProduct: min(0, mu.first ?? 0))
+        for v in mu where v > tol { traceSqrt += v.squareRoot() }
+        return (traceSqrt, min(0, mu.first ?? 0))
     }
 
     /// Refuses to compare statistics from different encoders. Missing on both sides is fine;
