@@ -160,10 +160,28 @@ public final class FeatureAccumulator {
             let src = values.baseAddress! + r * d
             let total = take * d
             var acc: Float = 0
-            for i in 0..<total {
-                let v = src[i]
-                acc += v - v  // NaN for any NaN or Inf in the chunk
-                dst[i] = Double(v)
+            if let shift {
+                // Once the shift is known, convert, centre and sum in one pass.
+                shift.withUnsafeBufferPointer { sp in
+                    sum.withUnsafeMutableBufferPointer { sums in
+                        for i in 0..<take {
+                            let row = src + i * d, out = dst + i * d
+                            for j in 0..<d {
+                                let v = row[j]
+                                acc += v - v  // NaN for any NaN or Inf in the chunk
+                                let c = Double(v) - sp[j]
+                                out[j] = c
+                                sums[j] += c
+                            }
+                        }
+                    }
+                }
+            } else {
+                for i in 0..<total {
+                    let v = src[i]
+                    acc += v - v
+                    dst[i] = Double(v)
+                }
             }
             if acc.isNaN || acc != 0 {
                 throw MetricsError("NaN or Inf in features (sample \(count + firstNonFinite(values, from: r, rows: take)))")
@@ -188,19 +206,21 @@ public final class FeatureAccumulator {
         let d = dim, rows = filled
         let c = buffers[current]
         if shift == nil {
+            // First chunk: its mean becomes the shift; centre and sum it here (later chunks are
+            // centred and summed as they are copied in).
             var s = [Double](repeating: 0, count: d)
             for i in 0..<rows { for j in 0..<d { s[j] += c[i * d + j] } }
             for j in 0..<d { s[j] /= Double(rows) }
             shift = s
-        }
-        shift!.withUnsafeBufferPointer { sp in
-            sum.withUnsafeMutableBufferPointer { acc in
-                for i in 0..<rows {
-                    let row = c + i * d
-                    for j in 0..<d {
-                        let v = row[j] - sp[j]
-                        row[j] = v
-                        acc[j] += v
+            s.withUnsafeBufferPointer { sp in
+                sum.withUnsafeMutableBufferPointer { acc in
+                    for i in 0..<rows {
+                        let row = c + i * d
+                        for j in 0..<d {
+                            let v = row[j] - sp[j]
+                            row[j] = v
+                            acc[j] += v
+                        }
                     }
                 }
             }
