@@ -102,7 +102,7 @@ final class FidToolTests: XCTestCase {
         try assertFails([a, try write("one.tzst", [feat(1, 24, seed: 1)])], "only one sample")
         try assertFails([a, try write("empty.tzst", [])], "no features")
         let emptyFile = scratch.appendingPathComponent("zero-bytes.tzst").path
-        FileManager.default.createFile(atPath: emptyFile, contents: Data())
+        XCTAssertTrue(FileManager.default.createFile(atPath: emptyFile, contents: Data()))
         try assertFails([a, emptyFile], "no features")
         try assertFails([a, try write("nofeat.tzst", [Record([("x", Tensor([Float](repeating: 0, count: 8), shape: [2, 1, 2, 2]))])])], "no `feat` tensor")
         try assertFails([a, try write("enc.tzst", [feat(30, 24, seed: 1, encoder: "another-encoder")])], "different encoders")
