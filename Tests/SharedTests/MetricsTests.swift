@@ -151,6 +151,9 @@ final class MetricsTests: XCTestCase {
         XCTAssertEqual(r.distance, expected, accuracy: 1e-9 * expected, "\(route)")
         XCTAssertEqual(r.route, "eigen", "a singular C_A must take the eigen route")
         XCTAssertEqual(r.rankA, d - 4)
+        XCTAssertThrowsError(try FrechetDistance.compute(FeatureStatistics(count: 9, dim: d, mean: m1, covariance: Self.spd(q, a0)),
+                                                         FeatureStatistics(count: 100, dim: d, mean: m2, covariance: Self.spd(q, b)),
+                                                         route: .cholesky))
         XCTAssertTrue(r.distance.isFinite)
     }
 
