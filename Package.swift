@@ -9,6 +9,7 @@ let package = Package(
     name: "drl-toolkit",
     products: [
         .executable(name: "tensors", targets: ["tensors"]),
+        .executable(name: "fid", targets: ["fid"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -34,7 +35,8 @@ let package = Package(
             swiftSettings: optimize
         ),
         .executableTarget(name: "tensors", dependencies: ["Shared"], swiftSettings: optimize),
-        .testTarget(name: "SharedTests", dependencies: ["Shared", "CZlib"]),
+        .executableTarget(name: "fid", dependencies: ["Shared"], swiftSettings: optimize),
+        .testTarget(name: "SharedTests", dependencies: ["Shared", "CZlib"], exclude: ["Golden"]),
     ],
     // Swift 5 language mode: the tools are single-process pipelines whose parallelism lives in
     // BLAS and explicit worker loops, so Swift 6's data-race checking buys little here.

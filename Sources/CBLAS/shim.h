@@ -14,3 +14,8 @@ void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *inf
              unsigned long uplo_len);
 void dgesv_(const int *n, const int *nrhs, double *a, const int *lda, int *ipiv, double *b,
             const int *ldb, int *info);
+void dgeev_(const char *jobvl, const char *jobvr, const int *n, double *a, const int *lda,
+            double *wr, double *wi, double *vl, const int *ldvl, double *vr, const int *ldvr,
+            double *work, const int *lwork, int *info, unsigned long jobvl_len,
+            unsigned long jobvr_len);
+char *openblas_get_corename(void);
