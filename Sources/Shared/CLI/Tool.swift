@@ -15,6 +15,9 @@ public struct ToolError: Error, CustomStringConvertible {
 /// - when the reader downstream closes the pipe, the tool exits quietly with status 0.
 public enum ToolMain {
     public static func run<Command: ParsableCommand>(_ type: Command.Type) -> Never {
+        // Before any BLAS call: Debian's OpenBLAS misdetects some CPUs and falls back to slow
+        // generic kernels; this re-executes the tool with native ones (see BLAS).
+        BLAS.preferNativeKernels()
         signal(SIGPIPE, SIG_IGN)  // a closed pipe arrives as EPIPE, handled below
         let name = Command.configuration.commandName ?? "tool"
         var command: ParsableCommand
