@@ -10,9 +10,22 @@ public final class AtomicFile {
     public let temporaryPath: String
     public let fd: Int32
     private var done = false
+    /// Devices and pipes (/dev/null, a FIFO) are written in place: they cannot be renamed over.
+    private let inPlace: Bool
 
     public init(path: String) throws {
         self.path = path
+        var st = stat()
+        if stat(path, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG {
+            guard (st.st_mode & S_IFMT) != S_IFDIR else { throw StreamError.io("\(path) is a folder") }
+            let fd = open(path, O_WRONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw StreamError.io("cannot open \(path): \(String(cString: strerror(errno)))") }
+            self.fd = fd
+            self.temporaryPath = path
+            self.inPlace = true
+            return
+        }
+        self.inPlace = false
         let slash = path.lastIndex(of: "/")
         let dir = slash.map { String(path[..<$0]) } ?? "."
         let base = slash.map { String(path[path.index(after: $0)...]) } ?? path
@@ -28,6 +41,7 @@ public final class AtomicFile {
     public func commit() throws {
         guard !done else { return }
         done = true
+        if inPlace { close(fd); return }
         if fsync(fd) != 0 {
             let why = String(cString: strerror(errno))
             close(fd); unlink(temporaryPath)
@@ -51,6 +65,7 @@ public final class AtomicFile {
         guard !done else { return }
         done = true
         close(fd)
+        if inPlace { return }
         unlink(temporaryPath)
     }
 

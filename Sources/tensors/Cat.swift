@@ -1,0 +1,29 @@
+import ArgumentParser
+import Shared
+
+extension Tensors {
+    struct Cat: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Validate streams and write them as one, re-compressed at --level.",
+            discussion: """
+            Plain `cat a.tzst b.tzst` already joins streams; this also checks every record and
+            re-compresses them, e.g. for archiving at a higher level:
+              tensors cat --level 19 shard-*.tzst -o all.tzst
+            """)
+
+        @Argument(help: "Streams to read in order (default: standard input).")
+        var files: [String] = []
+
+        @OptionGroup var input: InputOptions
+        @OptionGroup var output: OutputOptions
+
+        func run() throws {
+            let writer = try output.writer()
+            for path in files.isEmpty ? [input.input ?? "-"] : files {
+                let reader = try input.reader(path)
+                while let record = try reader.read() { try writer.write(record) }
+            }
+            try writer.finish()
+        }
+    }
+}
