@@ -1,0 +1,169 @@
+import Foundation
+
+/// A trainable velocity network: a `VelocityField` with explicit forward/backward, PyTorch-named
+/// parameters and safetensors checkpoints. Subclasses: `MLPVelocity` ("mlp"), `SiTVelocity` ("sit").
+///
+/// Two ways to run it:
+/// - Training (single thread): `forward` then `backward` on this object. Parameter gradients
+///   accumulate in `params` until `params.zeroGrad()`.
+/// - Sampling / VJPs from many threads: `velocity(...)` and `vjp(...)` are thread-safe; each call
+///   borrows a replica (a second set of layers sharing the same `Parameter` storage, with its own
+///   activation buffers) from a pool. Do not change parameters while such calls run.
+open class VelocityNet: VelocityField {
+    public let config: ModelConfig
+    public let params: ParameterSet
+    public var sampleDimension: Int { config.sampleDimension }
+
+    private let poolLock = NSLock()
+    private var pool: [VelocityNet] = []
+
+    /// Subclasses register their parameters on `params` (shared when building a replica).
+    init(config: ModelConfig, params: ParameterSet) {
+        self.config = config
+        self.params = params
+    }
+
+    /// Builds a network of the config's architecture with DiT-style initialisation from `seed`.
+    public static func make(_ config: ModelConfig, seed: UInt64) throws -> VelocityNet {
+        try config.validate()
+        let net: VelocityNet
+        switch config.arch {
+        case "mlp": net = MLPVelocity(config: config, params: ParameterSet())
+        default: net = SiTVelocity(config: config, params: ParameterSet())
+        }
+        var rng = CounterRNG(seed: seed, stream: 0x1D17)
+        net.initialize(rng: &rng)
+        return net
+    }
+
+    // MARK: - subclass interface
+
+    func initialize(rng: inout CounterRNG) { fatalError("abstract") }
+    /// A new network of the same architecture on the SAME parameter set (own buffers).
+    func makeReplica() -> VelocityNet { fatalError("abstract") }
+
+    /// v = net(x, t, y) for x [batch, D]; returns a pointer to [batch, D] owned by the network,
+    /// valid until the next forward. Caches what backward needs (x is copied, so the caller's
+    /// buffer may change afterwards). t in [0, 1]; y in 0...numClasses (numClasses = null label).
+    @discardableResult
+    open func forward(_ x: UnsafePointer<Float>, t: [Float], y: [Int], batch: Int) -> UnsafeMutablePointer<Float> { fatalError("abstract") }
+
+    /// Given dL/dv [batch, D] for the last forward, accumulates dL/dθ into `params` (when
+    /// `paramGrads`) and returns dL/dx [batch, D] (owned by the network).
+    @discardableResult
+    open func backward(_ dv: UnsafePointer<Float>, paramGrads: Bool = true) -> UnsafeMutablePointer<Float> { fatalError("abstract") }
+
+    // MARK: - checks
+
+    /// Throws a one-line error for labels or times a forward would reject.
+    public func validate(t: [Float], y: [Int], batch: Int) throws {
+        guard t.count == batch, y.count == batch else {
+            throw StreamError.invalid("model input: \(batch) samples but \(t.count) times and \(y.count) labels")
+        }
+        if let bad = y.first(where: { $0 < 0 || $0 > config.numClasses }) {
+            throw StreamError.invalid("label \(bad) is outside 0...\(config.numClasses) (\(config.numClasses) is the null label)")
+        }
+        if let bad = t.first(where: { !$0.isFinite }) {
+            throw StreamError.invalid("time \(bad) is not finite")
+        }
+    }
+
+    func checkInputs(t: [Float], y: [Int], batch: Int) {
+        precondition(t.count == batch && y.count == batch, "model input: \(batch) samples but \(t.count) times and \(y.count) labels")
+        for v in y { precondition(v >= 0 && v <= config.numClasses, "label \(v) outside 0...\(config.numClasses)") }
+    }
+
+    // MARK: - thread-safe entry points
+
+    func borrow() -> VelocityNet {
+        poolLock.lock()
+        defer { poolLock.unlock() }
+        return pool.popLast() ?? makeReplica()
+    }
+
+    func giveBack(_ net: VelocityNet) {
+        poolLock.lock()
+        pool.append(net)
+        poolLock.unlock()
+    }
+
+    /// `VelocityField`: out[b] = v(x[b], t[b], y[b]). Thread-safe (see the type's notes).
+    public func velocity(_ x: UnsafePointer<Float>, t: [Float], y: [Int], batch: Int, into out: UnsafeMutablePointer<Float>) {
+        let net = borrow()
+        defer { giveBack(net) }
+        let v = net.forward(x, t: t, y: y, batch: batch)
+        out.update(from: v, count: batch * sampleDimension)
+    }
+
+    /// Vector-Jacobian product: dx[b] = u[b]^T dv(x[b], t[b], y[b]) / dx[b]. Optionally also
+    /// writes v. Touches no parameter gradient; thread-safe.
+    public func vjp(_ x: UnsafePointer<Float>, t: [Float], y: [Int], batch: Int, cotangent u: UnsafePointer<Float>,
+                    into dx: UnsafeMutablePointer<Float>, velocity out: UnsafeMutablePointer<Float>? = nil) {
+        let net = borrow()
+        defer { giveBack(net) }
+        let v = net.forward(x, t: t, y: y, batch: batch)
+        if let out { out.update(from: v, count: batch * sampleDimension) }
+        let g = net.backward(u, paramGrads: false)
+        dx.update(from: g, count: batch * sampleDimension)
+    }
+
+    /// Array conveniences (tests, small callers).
+    public func velocity(_ x: [Float], t: [Float], y: [Int]) -> [Float] {
+        let batch = t.count
+        precondition(x.count == batch * sampleDimension)
+        var out = [Float](repeating: 0, count: x.count)
+        x.withUnsafeBufferPointer { xp in out.withUnsafeMutableBufferPointer { velocity(xp.baseAddress!, t: t, y: y, batch: batch, into: $0.baseAddress!) } }
+        return out
+    }
+
+    public func vjp(_ x: [Float], t: [Float], y: [Int], cotangent u: [Float]) -> (v: [Float], dx: [Float]) {
+        let batch = t.count
+        precondition(x.count == batch * sampleDimension && u.count == x.count)
+        var out = [Float](repeating: 0, count: x.count), dx = out
+        x.withUnsafeBufferPointer { xp in
+            u.withUnsafeBufferPointer { up in
+                out.withUnsafeMutableBufferPointer { op in
+                    dx.withUnsafeMutableBufferPointer { dp in
+                        vjp(xp.baseAddress!, t: t, y: y, batch: batch, cotangent: up.baseAddress!, into: dp.baseAddress!, velocity: op.baseAddress!)
+                    }
+                }
+            }
+        }
+        return (out, dx)
+    }
+
+    // MARK: - checkpoints
+
+    /// The model as a checkpoint record: every parameter under its PyTorch name (including the
+    /// fixed `pos_embed` for sit, as DiT's state_dict has it) plus metadata `config` (JSON),
+    /// `arch`, `format` = "pt"; `extra` metadata (step, parent digest, tool) is merged in.
+    public func checkpointRecord(metadata extra: [String: String] = [:]) -> Record {
+        var meta = extra
+        meta["config"] = config.json()
+        meta["arch"] = config.arch
+        meta["format"] = "pt"
+        return Record(params.tensors(), metadata: meta)
+    }
+
+    /// Builds a network from a checkpoint record: config from metadata, parameters by name
+    /// (shape-checked; tensors with other names, such as `optim.*` and `ema.*`, are ignored).
+    public static func load(from record: Record) throws -> VelocityNet {
+        guard let json = record.metadata["config"] else {
+            throw StreamError.invalid("checkpoint has no `config` metadata; it is not a velocity model")
+        }
+        let config = try ModelConfig.from(json: json)
+        let net = try make(config, seed: 0)
+        try net.params.load(from: record)
+        return net
+    }
+
+    public static func load(path: String) throws -> VelocityNet {
+        try load(from: Checkpoint.read(path))
+    }
+
+    public func save(to path: String, metadata: [String: String] = [:], extraTensors: [(String, Tensor)] = []) throws {
+        var r = checkpointRecord(metadata: metadata)
+        for (name, t) in extraTensors { r[name] = t }
+        try Checkpoint.write(r, to: path)
+    }
+}
