@@ -293,4 +293,21 @@ final class LayersTests: XCTestCase {
         let expected: [Double] = [sin(1), sin(0.01), cos(1), cos(0.01), sin(2), sin(0.02), cos(2), cos(0.02)]
         for (a, b) in zip(row, expected) { XCTAssertEqual(Double(a), b, accuracy: 1e-6) }
     }
+
+    func testFastExpAndTanhAccuracy() {
+        var worstExp = 0.0, worstTanh = 0.0
+        var v: Float = -80
+        while v < 80 {
+            worstExp = max(worstExp, abs(Double(fastExp(v)) / exp(Double(v)) - 1))
+            worstTanh = max(worstTanh, abs(Double(fastTanh(v / 8)) - tanh(Double(v / 8))))
+            v += 0.01337
+        }
+        XCTAssertLessThan(worstExp, 5e-7)
+        XCTAssertLessThan(worstTanh, 1e-6)
+        XCTAssertEqual(fastExp(0), 1)
+        XCTAssertTrue(fastExp(-1000) >= 0 && fastExp(-1000) < 1e-37)
+        XCTAssertTrue(fastExp(1000).isFinite)
+        XCTAssertEqual(fastTanh(50), 1)
+        XCTAssertEqual(fastTanh(-50), -1)
+    }
 }

@@ -50,7 +50,7 @@ public final class MultiHeadAttention {
                     var mx = -Float.infinity
                     for j in 0..<T where row[j] > mx { mx = row[j] }
                     var s: Float = 0
-                    for j in 0..<T { let e = expf(row[j] - mx); row[j] = e; s += e }
+                    for j in 0..<T { let e = fastExp(row[j] - mx); row[j] = e; s += e }
                     let inv = 1 / s
                     for j in 0..<T { row[j] *= inv }
                 }

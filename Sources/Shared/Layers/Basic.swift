@@ -162,17 +162,21 @@ public final class LayerNorm {
             let m = mu[r], inv = rs[r]
             // dnorm = dy * w; dx = (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)) * rstd
             var sum1: Float = 0, sum2: Float = 0
-            for i in 0..<dim {
-                let xh = (xr[i] - m) * inv
-                let dn = w.map { dyr[i] * $0[i] } ?? dyr[i]
-                sum1 += dn
-                sum2 += dn * xh
-            }
-            let a = sum1 / n, b = sum2 / n
-            for i in 0..<dim {
-                let xh = (xr[i] - m) * inv
-                let dn = w.map { dyr[i] * $0[i] } ?? dyr[i]
-                dxr[i] = (dn - a - xh * b) * inv
+            if let w {
+                for i in 0..<dim {
+                    let dn = dyr[i] * w[i]
+                    sum1 += dn
+                    sum2 += dn * (xr[i] - m) * inv
+                }
+                let a = sum1 / n, b = sum2 / n
+                for i in 0..<dim { dxr[i] = (dyr[i] * w[i] - a - (xr[i] - m) * inv * b) * inv }
+            } else {
+                for i in 0..<dim {
+                    sum1 += dyr[i]
+                    sum2 += dyr[i] * (xr[i] - m) * inv
+                }
+                let a = sum1 / n, b = sum2 / n
+                for i in 0..<dim { dxr[i] = (dyr[i] - a - (xr[i] - m) * inv * b) * inv }
             }
             if paramGrads, let gw = weight?.grad, let gb = bias?.grad {
                 for i in 0..<dim {
@@ -198,7 +202,7 @@ public final class SiLU {
         input = x
         self.count = count
         let y = out.ensure(count)
-        for i in 0..<count { let v = x[i]; y[i] = v / (1 + expf(-v)) }
+        for i in 0..<count { let v = x[i]; y[i] = v / (1 + fastExp(-v)) }
         return y
     }
 
@@ -208,7 +212,7 @@ public final class SiLU {
         let dx = dIn.ensure(count)
         for i in 0..<count {
             let v = x[i]
-            let s = 1 / (1 + expf(-v))
+            let s = 1 / (1 + fastExp(-v))
             dx[i] = dy[i] * s * (1 + v * (1 - s))
         }
         return dx
@@ -219,7 +223,7 @@ public final class SiLU {
 public final class GELU {
     private var input: UnsafePointer<Float>?
     private var count = 0
-    private let out = Buffer(), dIn = Buffer()
+    private let out = Buffer(), dIn = Buffer(), tanhCache = Buffer()
     private static let k: Float = (2 / Float.pi).squareRoot()
 
     public init() {}
@@ -228,11 +232,13 @@ public final class GELU {
     public func forward(_ x: UnsafePointer<Float>, count: Int) -> UnsafeMutablePointer<Float> {
         input = x
         self.count = count
-        let y = out.ensure(count)
+        let y = out.ensure(count), th = tanhCache.ensure(count)
         let k = Self.k
         for i in 0..<count {
             let v = x[i]
-            y[i] = 0.5 * v * (1 + tanhf(k * (v + 0.044715 * v * v * v)))
+            let t = fastTanh(k * (v + 0.044715 * v * v * v))
+            th[i] = t
+            y[i] = 0.5 * v * (1 + t)
         }
         return y
     }
@@ -242,9 +248,10 @@ public final class GELU {
         guard let x = input else { preconditionFailure("GELU.backward before forward") }
         let dx = dIn.ensure(count)
         let k = Self.k
+        let tc = tanhCache.pointer
         for i in 0..<count {
             let v = x[i]
-            let th = tanhf(k * (v + 0.044715 * v * v * v))
+            let th = tc[i]
             let du = k * (1 + 3 * 0.044715 * v * v)
             dx[i] = dy[i] * (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * du)
         }
