@@ -49,8 +49,9 @@ public final class MultiHeadAttention {
                     let row = P + i * T
                     var mx = -Float.infinity
                     for j in 0..<T where row[j] > mx { mx = row[j] }
+                    for j in 0..<T { row[j] = fastExp(row[j] - mx) }  // vectorises
                     var s: Float = 0
-                    for j in 0..<T { let e = fastExp(row[j] - mx); row[j] = e; s += e }
+                    for j in 0..<T { s += row[j] }
                     let inv = 1 / s
                     for j in 0..<T { row[j] *= inv }
                 }

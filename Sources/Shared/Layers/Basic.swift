@@ -234,12 +234,12 @@ public final class GELU {
         self.count = count
         let y = out.ensure(count), th = tanhCache.ensure(count)
         let k = Self.k
+        // two single-store loops: each vectorises (one loop with both stores did not)
         for i in 0..<count {
             let v = x[i]
-            let t = fastTanh(k * (v + 0.044715 * v * v * v))
-            th[i] = t
-            y[i] = 0.5 * v * (1 + t)
+            th[i] = fastTanh(k * (v + 0.044715 * v * v * v))
         }
+        for i in 0..<count { y[i] = 0.5 * x[i] * (1 + th[i]) }
         return y
     }
 
