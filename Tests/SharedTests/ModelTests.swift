@@ -172,4 +172,24 @@ final class ModelTests: XCTestCase {
         let ms = Date().timeIntervalSince(start) / Double(reps) * 1000
         print("sit-tiny forward+backward, batch \(B), threads \(BLAS.threads): \(String(format: "%.1f", ms)) ms")
     }
+
+    /// Writes checkpoints and reference outputs for `benchmarks/numpy_reference.py` when
+    /// DRL_PARITY_DIR is set (the default test run skips it).
+    func testDumpForNumpyParity() throws {
+        guard let dir = ProcessInfo.processInfo.environment["DRL_PARITY_DIR"] else { return }
+        for config in [Self.mlpSmall, Self.sitSmall] {
+            var g = GradCheck()
+            let net = try VelocityNet.make(config, seed: 5)
+            for p in net.params.trainable { p.randomize(&g, std: 0.3) }
+            let B = 3, D = config.sampleDimension
+            let x = g.randoms(B * D), u = g.randoms(B * D)
+            let t: [Float] = [0.05, 0.5, 0.97], y = [0, 2, config.numClasses]
+            let (v, dx) = net.vjp(x, t: t, y: y, cotangent: u)
+            try net.save(to: "\(dir)/\(config.arch).safetensors")
+            let shape = [B, config.channels, config.height, config.width]
+            let io = Record([("x", Tensor(x, shape: shape)), ("t", Tensor(t, shape: [B])), ("y", Tensor(y.map { Int64($0) }, shape: [B])),
+                             ("v", Tensor(v, shape: shape)), ("u", Tensor(u, shape: shape)), ("dx", Tensor(dx, shape: shape))])
+            try Checkpoint.write(io, to: "\(dir)/\(config.arch).io.safetensors")
+        }
+    }
 }
