@@ -55,6 +55,25 @@ final class ModelTests: XCTestCase {
         }
     }
 
+    /// Samples do not leak into each other: a batch gives the per-sample results.
+    func testBatchRowsAreIndependent() throws {
+        for config in [Self.mlpSmall, Self.sitSmall] {
+            var g = GradCheck()
+            let net = try VelocityNet.make(config, seed: 9)
+            for p in net.params.trainable { p.randomize(&g, std: 0.3) }
+            let D = config.sampleDimension
+            let x = g.randoms(3 * D), u = g.randoms(3 * D)
+            let t: [Float] = [0.2, 0.6, 1], y = [1, config.numClasses, 0]
+            let (v, dx) = net.vjp(x, t: t, y: y, cotangent: u)
+            for b in 0..<3 {
+                let r = (b * D)..<((b + 1) * D)
+                let (vb, dxb) = net.vjp(Array(x[r]), t: [t[b]], y: [y[b]], cotangent: Array(u[r]))
+                for (a, c) in zip(vb, v[r]) { XCTAssertEqual(a, c, accuracy: 1e-5 * max(1, abs(c))) }
+                for (a, c) in zip(dxb, dx[r]) { XCTAssertEqual(a, c, accuracy: 1e-5 * max(1, abs(c))) }
+            }
+        }
+    }
+
     func testConcurrentVelocityMatchesSerial() throws {
         var g = GradCheck()
         let net = try VelocityNet.make(Self.sitSmall, seed: 1)

@@ -121,4 +121,39 @@ final class OptimTests: XCTestCase {
         ema.apply(to: target)
         XCTAssertEqual(target["w"]!.values, ema.value("w"))
     }
+
+    /// End to end: forward, backward, clipping, warmup and AdamW fit a fixed flow-matching batch.
+    func testAdamWFitsAFixedFlowMatchingBatch() throws {
+        let config = ModelConfig(arch: "mlp", channels: 1, height: 4, width: 4, numClasses: 2, hidden: 32, depth: 2, mlpRatio: 2, frequencyDim: 32)
+        let net = try VelocityNet.make(config, seed: 1)
+        var rng = CounterRNG(seed: 3)
+        let B = 8, D = 16
+        let x0 = (0..<(B * D)).map { i in Float((i / D) % 2 == 0 ? 1 : -1) * Float(i % D) / 16 }
+        let eps = (0..<(B * D)).map { _ in Float(rng.normal()) }
+        let t = (0..<B).map { Float($0 + 1) / Float(B + 1) }
+        let y = (0..<B).map { $0 % 2 }
+        let xt = (0..<(B * D)).map { i in (1 - t[i / D]) * x0[i] + t[i / D] * eps[i] }
+        let target = zip(eps, x0).map { $0 - $1 }
+        let opt = AdamW(net.params, lr: 3e-3, weightDecay: 0)
+        let warmup = LinearWarmup(base: 3e-3, warmupSteps: 10)
+        var first = 0.0, last = 0.0
+        var dv = [Float](repeating: 0, count: B * D)
+        for k in 1...150 {
+            net.params.zeroGrad()
+            let v = xt.withUnsafeBufferPointer { net.forward($0.baseAddress!, t: t, y: y, batch: B) }
+            var loss = 0.0
+            for i in 0..<(B * D) {
+                let r = v[i] - target[i]
+                loss += Double(r * r)
+                dv[i] = 2 * r / Float(B * D)
+            }
+            loss /= Double(B * D)
+            if k == 1 { first = loss }
+            last = loss
+            dv.withUnsafeBufferPointer { _ = net.backward($0.baseAddress!) }
+            clipGradNorm(net.params.trainable, maxNorm: 1)
+            opt.step(lr: warmup.lr(step: k))
+        }
+        XCTAssertLessThan(last, first * 0.05, "loss \(first) -> \(last)")
+    }
 }
