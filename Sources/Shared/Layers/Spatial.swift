@@ -1,23 +1,28 @@
 import Foundation
 
 /// 2-D convolution (PyTorch `nn.Conv2d`, weight [out, in, kh, kw], bias [out], zero padding,
-/// square kernel/stride/padding) through im2col + one sgemm for the whole batch.
+/// square kernel/stride/padding) through im2col + sgemm.
 ///
-/// Input NCHW [batch, inChannels, H, W]. im2col builds rows [batch * Ho * Wo, in * k * k] with
-/// columns in the weight's (c, ki, kj) order, so y = cols W^T is [batch, Ho*Wo, out]
+/// Input NCHW [batch, inChannels, H, W]. im2col builds rows [samples * Ho * Wo, in * k * k] with
+/// columns in the weight's (c, ki, kj) order, so y = cols W^T is [samples, Ho*Wo, out]
 /// (token-major). `forward` returns NCHW by default; `tokensOut` returns the token-major rows
 /// directly, which is exactly DiT's `x_embedder(x)` = `proj(x).flatten(2).transpose(1, 2)`.
-/// Memory: the im2col rows are cached for backward (batch * Ho*Wo * in*k*k floats).
+///
+/// Samples go through in chunks whose im2col rows fit `maxColumnFloats` (default 4M floats,
+/// 16 MB), so memory stays bounded for any batch; each chunk is one sgemm. Like the other layers
+/// it caches the input pointer; backward recomputes the im2col rows chunk by chunk.
 public final class Conv2d {
     public let inChannels: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int
     public let tokensOut: Bool
     public let weight: Parameter
     public let bias: Parameter?
+    public var maxColumnFloats = 1 << 22
+    private var input: UnsafePointer<Float>?
     private var batch = 0, height = 0, widthIn = 0
     public private(set) var outHeight = 0
     public private(set) var outWidth = 0
-    private let cols = Buffer(), rowsOut = Buffer(), out = Buffer()
-    private let dRows = Buffer(), dCols = Buffer(), dIn = Buffer()
+    private let cols = Buffer(), rowsTmp = Buffer(), out = Buffer()
+    private let dCols = Buffer(), dIn = Buffer()
 
     public init(_ ps: ParameterSet, _ name: String, in inChannels: Int, out outChannels: Int, kernel: Int,
                 stride: Int = 1, padding: Int = 0, bias: Bool = true, tokensOut: Bool = false) {
@@ -42,8 +47,42 @@ public final class Conv2d {
         ((height + 2 * padding - kernel) / stride + 1, (width + 2 * padding - kernel) / stride + 1)
     }
 
+    private var chunkSamples: Int { max(1, maxColumnFloats / max(1, outHeight * outWidth * fanIn)) }
+
+    /// im2col of samples [s0, s0 + n) into c.
+    private func im2col(_ x: UnsafePointer<Float>, from s0: Int, count n: Int, into c: UnsafeMutablePointer<Float>) {
+        let K = fanIn, ho = outHeight, wo = outWidth, P = ho * wo, C = inChannels, k = kernel
+        let H = height, W = widthIn
+        for s in 0..<n {
+            let xb = x + (s0 + s) * C * H * W
+            for oh in 0..<ho {
+                for ow in 0..<wo {
+                    let row = c + (s * P + oh * wo + ow) * K
+                    let ih0 = oh * stride - padding, iw0 = ow * stride - padding
+                    for ch in 0..<C {
+                        let xc = xb + ch * H * W
+                        for ki in 0..<k {
+                            let ih = ih0 + ki
+                            let dst = row + (ch * k + ki) * k
+                            if ih < 0 || ih >= H {
+                                for kj in 0..<k { dst[kj] = 0 }
+                                continue
+                            }
+                            let src = xc + ih * W
+                            for kj in 0..<k {
+                                let iw = iw0 + kj
+                                dst[kj] = (iw >= 0 && iw < W) ? src[iw] : 0
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     @discardableResult
     public func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int) -> UnsafeMutablePointer<Float> {
+        input = x
         self.batch = batch
         self.height = height
         self.widthIn = width
@@ -51,101 +90,92 @@ public final class Conv2d {
         precondition(ho > 0 && wo > 0, "conv kernel \(kernel) does not fit a \(height)x\(width) input")
         outHeight = ho
         outWidth = wo
-        let K = fanIn, P = ho * wo, O = outChannels, C = inChannels, k = kernel
-        let c = cols.ensure(batch * P * K)
-        // im2col
-        for b in 0..<batch {
-            let xb = x + b * C * height * width
-            for oh in 0..<ho {
-                for ow in 0..<wo {
-                    let row = c + (b * P + oh * wo + ow) * K
-                    let ih0 = oh * stride - padding, iw0 = ow * stride - padding
-                    for ch in 0..<C {
-                        let xc = xb + ch * height * width
-                        for ki in 0..<k {
-                            let ih = ih0 + ki
-                            let dst = row + (ch * k + ki) * k
-                            if ih < 0 || ih >= height {
-                                for kj in 0..<k { dst[kj] = 0 }
-                                continue
-                            }
-                            let src = xc + ih * width
-                            for kj in 0..<k {
-                                let iw = iw0 + kj
-                                dst[kj] = (iw >= 0 && iw < width) ? src[iw] : 0
-                            }
-                        }
-                    }
+        let K = fanIn, P = ho * wo, O = outChannels
+        let o = out.ensure(batch * P * O)
+        let chunk = chunkSamples
+        var s0 = 0
+        while s0 < batch {
+            let n = min(chunk, batch - s0)
+            let c = cols.ensure(n * P * K)
+            im2col(x, from: s0, count: n, into: c)
+            let rows = n * P
+            let y = tokensOut ? o + s0 * P * O : rowsTmp.ensure(rows * O)
+            if let bias {
+                for r in 0..<rows { (y + r * O).update(from: bias.value, count: O) }
+            }
+            BLAS.sgemm(transB: true, m: rows, n: O, k: K, a: c, b: weight.value, beta: bias == nil ? 0 : 1, c: y)
+            if !tokensOut {  // [n, P, O] -> [n, O, P]
+                for s in 0..<n {
+                    let src = y + s * P * O, dst = o + (s0 + s) * P * O
+                    for p in 0..<P { for ch in 0..<O { dst[ch * P + p] = src[p * O + ch] } }
                 }
             }
-        }
-        let rows = batch * P
-        let y = tokensOut ? out.ensure(rows * O) : rowsOut.ensure(rows * O)
-        if let bias {
-            for r in 0..<rows { (y + r * O).update(from: bias.value, count: O) }
-        }
-        BLAS.sgemm(transB: true, m: rows, n: O, k: K, a: c, b: weight.value, beta: bias == nil ? 0 : 1, c: y)
-        if tokensOut { return y }
-        // [batch, P, O] -> [batch, O, P]
-        let o = out.ensure(rows * O)
-        for b in 0..<batch {
-            let src = y + b * P * O, dst = o + b * P * O
-            for p in 0..<P { for ch in 0..<O { dst[ch * P + p] = src[p * O + ch] } }
+            s0 += n
         }
         return o
     }
 
-    /// dy in the layout forward returned (NCHW, or token-major when `tokensOut`). Returns dx NCHW.
+    /// dy in the layout forward returned (NCHW, or token-major when `tokensOut`). Returns dx NCHW
+    /// (zeros when `inputGrad` is false).
     @discardableResult
     public func backward(_ dy: UnsafePointer<Float>, paramGrads: Bool = true, inputGrad: Bool = true) -> UnsafeMutablePointer<Float> {
+        guard let x = input else { preconditionFailure("Conv2d.backward before forward") }
         let K = fanIn, P = outHeight * outWidth, O = outChannels, C = inChannels, k = kernel
-        let rows = batch * P
-        let dr: UnsafePointer<Float>
-        if tokensOut {
-            dr = dy
-        } else {
-            let t = dRows.ensure(rows * O)
-            for b in 0..<batch {
-                let src = dy + b * P * O, dst = t + b * P * O
-                for ch in 0..<O { for p in 0..<P { dst[p * O + ch] = src[ch * P + p] } }
-            }
-            dr = UnsafePointer(t)
-        }
-        let c = cols.pointer
-        if paramGrads {
-            BLAS.sgemm(transA: true, m: O, n: K, k: rows, a: dr, b: c, beta: 1, c: weight.grad)
-            if let bias {
-                let g = bias.grad
-                for r in 0..<rows { let d = dr + r * O; for j in 0..<O { g[j] += d[j] } }
-            }
-        }
-        let dx = dIn.zeroed(batch * C * height * widthIn)
-        guard inputGrad else { return dx }
-        let dc = dCols.ensure(rows * K)
-        BLAS.sgemm(m: rows, n: K, k: O, a: dr, b: weight.value, beta: 0, c: dc)
-        // col2im (accumulate)
         let H = height, W = widthIn, wo = outWidth
-        for b in 0..<batch {
-            let xb = dx + b * C * H * W
-            for oh in 0..<outHeight {
-                for ow in 0..<wo {
-                    let row = dc + (b * P + oh * wo + ow) * K
-                    let ih0 = oh * stride - padding, iw0 = ow * stride - padding
-                    for ch in 0..<C {
-                        let xc = xb + ch * H * W
-                        for ki in 0..<k {
-                            let ih = ih0 + ki
-                            if ih < 0 || ih >= H { continue }
-                            let src = row + (ch * k + ki) * k
-                            let dst = xc + ih * W
-                            for kj in 0..<k {
-                                let iw = iw0 + kj
-                                if iw >= 0 && iw < W { dst[iw] += src[kj] }
+        let dx = dIn.zeroed(batch * C * H * W)
+        let chunk = chunkSamples
+        var s0 = 0
+        while s0 < batch {
+            let n = min(chunk, batch - s0)
+            let rows = n * P
+            let dr: UnsafePointer<Float>
+            if tokensOut {
+                dr = dy + s0 * P * O
+            } else {
+                let t = rowsTmp.ensure(rows * O)
+                for s in 0..<n {
+                    let src = dy + (s0 + s) * P * O, dst = t + s * P * O
+                    for ch in 0..<O { for p in 0..<P { dst[p * O + ch] = src[ch * P + p] } }
+                }
+                dr = UnsafePointer(t)
+            }
+            if paramGrads {
+                let c = cols.ensure(n * P * K)
+                im2col(x, from: s0, count: n, into: c)
+                BLAS.sgemm(transA: true, m: O, n: K, k: rows, a: dr, b: c, beta: 1, c: weight.grad)
+                if let bias {
+                    let g = bias.grad
+                    for r in 0..<rows { let d = dr + r * O; for j in 0..<O { g[j] += d[j] } }
+                }
+            }
+            if inputGrad {
+                let dc = dCols.ensure(rows * K)
+                BLAS.sgemm(m: rows, n: K, k: O, a: dr, b: weight.value, beta: 0, c: dc)
+                // col2im (accumulate)
+                for s in 0..<n {
+                    let xb = dx + (s0 + s) * C * H * W
+                    for oh in 0..<outHeight {
+                        for ow in 0..<wo {
+                            let row = dc + (s * P + oh * wo + ow) * K
+                            let ih0 = oh * stride - padding, iw0 = ow * stride - padding
+                            for ch in 0..<C {
+                                let xc = xb + ch * H * W
+                                for ki in 0..<k {
+                                    let ih = ih0 + ki
+                                    if ih < 0 || ih >= H { continue }
+                                    let src = row + (ch * k + ki) * k
+                                    let dst = xc + ih * W
+                                    for kj in 0..<k {
+                                        let iw = iw0 + kj
+                                        if iw >= 0 && iw < W { dst[iw] += src[kj] }
+                                    }
+                                }
                             }
                         }
                     }
                 }
             }
+            s0 += n
         }
         return dx
     }

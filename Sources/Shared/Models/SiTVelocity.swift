@@ -56,7 +56,7 @@ public final class SiTVelocity: VelocityNet {
     public let tokens: Int
 
     private var batch = 0
-    private let cond = Buffer(), outBuf = Buffer()
+    private let cond = Buffer(), outBuf = Buffer(), xCopy = Buffer()
     private let dH = Buffer(), dMod = Buffer(), dSC = Buffer()
 
     override init(config: ModelConfig, params ps: ParameterSet) {
@@ -101,8 +101,10 @@ public final class SiTVelocity: VelocityNet {
         checkInputs(t: t, y: y, batch: batch)
         self.batch = batch
         let W = config.hidden, T = tokens, rows = batch * T
-        // patch embedding (im2col copies x, so the caller's buffer is not referenced later)
-        let e = xEmbedder.forward(x, batch: batch, height: config.height, width: config.width)
+        // patch embedding on a copy of x (the conv keeps a pointer to its input for backward)
+        let xc = xCopy.ensure(batch * config.sampleDimension)
+        xc.update(from: x, count: batch * config.sampleDimension)
+        let e = xEmbedder.forward(xc, batch: batch, height: config.height, width: config.width)
         let pe = posEmbed.value
         for b in 0..<batch {
             let row = e + b * T * W
