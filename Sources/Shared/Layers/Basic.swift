@@ -223,7 +223,7 @@ public final class SiLU {
 public final class GELU {
     private var input: UnsafePointer<Float>?
     private var count = 0
-    private let out = Buffer(), dIn = Buffer(), tanhCache = Buffer()
+    private let out = Buffer(), dIn = Buffer()
     private static let k: Float = (2 / Float.pi).squareRoot()
 
     public init() {}
@@ -232,14 +232,14 @@ public final class GELU {
     public func forward(_ x: UnsafePointer<Float>, count: Int) -> UnsafeMutablePointer<Float> {
         input = x
         self.count = count
-        let y = out.ensure(count), th = tanhCache.ensure(count)
+        let y = out.ensure(count)
         let k = Self.k
-        // two single-store loops: each vectorises (one loop with both stores did not)
+        // one store per iteration so the loop vectorises; backward recomputes tanh (cheaper
+        // than the memory traffic of caching it for activations larger than the cache)
         for i in 0..<count {
             let v = x[i]
-            th[i] = fastTanh(k * (v + 0.044715 * v * v * v))
+            y[i] = 0.5 * v * (1 + fastTanh(k * (v + 0.044715 * v * v * v)))
         }
-        for i in 0..<count { y[i] = 0.5 * x[i] * (1 + th[i]) }
         return y
     }
 
@@ -248,10 +248,9 @@ public final class GELU {
         guard let x = input else { preconditionFailure("GELU.backward before forward") }
         let dx = dIn.ensure(count)
         let k = Self.k
-        let tc = tanhCache.pointer
         for i in 0..<count {
             let v = x[i]
-            let th = tc[i]
+            let th = fastTanh(k * (v + 0.044715 * v * v * v))
             let du = k * (1 + 3 * 0.044715 * v * v)
             dx[i] = dy[i] * (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * du)
         }
