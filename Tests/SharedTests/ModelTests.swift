@@ -52,6 +52,7 @@ final class ModelTests: XCTestCase {
             let x = (0..<(2 * config.sampleDimension)).map { Float($0 % 7) - 3 }
             XCTAssertTrue(a.velocity(x, t: [0.2, 0.8], y: [1, config.numClasses]).allSatisfy { $0 == 0 })
             XCTAssertTrue(a.params["final_layer.linear.weight"]!.values.allSatisfy { $0 == 0 })
+            XCTAssertEqual(a.velocity([], t: [], y: []), [], "an empty batch is fine")
         }
     }
 

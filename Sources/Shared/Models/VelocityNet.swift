@@ -89,6 +89,7 @@ open class VelocityNet: VelocityField {
 
     /// `VelocityField`: out[b] = v(x[b], t[b], y[b]). Thread-safe (see the type's notes).
     public func velocity(_ x: UnsafePointer<Float>, t: [Float], y: [Int], batch: Int, into out: UnsafeMutablePointer<Float>) {
+        guard batch > 0 else { return }
         let net = borrow()
         defer { giveBack(net) }
         let v = net.forward(x, t: t, y: y, batch: batch)
@@ -99,6 +100,7 @@ open class VelocityNet: VelocityField {
     /// writes v. Touches no parameter gradient; thread-safe.
     public func vjp(_ x: UnsafePointer<Float>, t: [Float], y: [Int], batch: Int, cotangent u: UnsafePointer<Float>,
                     into dx: UnsafeMutablePointer<Float>, velocity out: UnsafeMutablePointer<Float>? = nil) {
+        guard batch > 0 else { return }
         let net = borrow()
         defer { giveBack(net) }
         let v = net.forward(x, t: t, y: y, batch: batch)
@@ -111,6 +113,7 @@ open class VelocityNet: VelocityField {
     public func velocity(_ x: [Float], t: [Float], y: [Int]) -> [Float] {
         let batch = t.count
         precondition(x.count == batch * sampleDimension)
+        if batch == 0 { return [] }
         var out = [Float](repeating: 0, count: x.count)
         x.withUnsafeBufferPointer { xp in out.withUnsafeMutableBufferPointer { velocity(xp.baseAddress!, t: t, y: y, batch: batch, into: $0.baseAddress!) } }
         return out
@@ -119,6 +122,7 @@ open class VelocityNet: VelocityField {
     public func vjp(_ x: [Float], t: [Float], y: [Int], cotangent u: [Float]) -> (v: [Float], dx: [Float]) {
         let batch = t.count
         precondition(x.count == batch * sampleDimension && u.count == x.count)
+        if batch == 0 { return ([], []) }
         var out = [Float](repeating: 0, count: x.count), dx = out
         x.withUnsafeBufferPointer { xp in
             u.withUnsafeBufferPointer { up in
