@@ -151,18 +151,19 @@ open class VelocityNet: VelocityField {
 
     /// Builds a network from a checkpoint record: config from metadata, parameters by name
     /// (shape-checked; tensors with other names, such as `optim.*` and `ema.*`, are ignored).
-    public static func load(from record: Record) throws -> VelocityNet {
+    /// With `ema`, the weights come from the `ema.<name>` tensors a training checkpoint carries.
+    public static func load(from record: Record, ema: Bool = false) throws -> VelocityNet {
         guard let json = record.metadata["config"] else {
             throw StreamError.invalid("checkpoint has no `config` metadata; it is not a velocity model")
         }
         let config = try ModelConfig.from(json: json)
         let net = try make(config, seed: 0)
-        try net.params.load(from: record)
+        try net.params.load(from: record, prefix: ema ? "ema." : "")
         return net
     }
 
-    public static func load(path: String) throws -> VelocityNet {
-        try load(from: Checkpoint.read(path))
+    public static func load(path: String, ema: Bool = false) throws -> VelocityNet {
+        try load(from: Checkpoint.read(path), ema: ema)
     }
 
     public func save(to path: String, metadata: [String: String] = [:], extraTensors: [(String, Tensor)] = []) throws {
