@@ -321,4 +321,23 @@ final class LayersTests: XCTestCase {
         XCTAssertEqual(fastTanh(50), 1)
         XCTAssertEqual(fastTanh(-50), -1)
     }
+
+    func testLaneReductions() {
+        var g = GradCheck()
+        for n in [1, 7, 8, 9, 49, 128, 131] {
+            let a = g.randoms(n), b = g.randoms(n)
+            a.withUnsafeBufferPointer { pa in
+                b.withUnsafeBufferPointer { pb in
+                    let s = a.reduce(0.0) { $0 + Double($1) }
+                    let d = zip(a, b).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+                    let m: Float = 0.3
+                    let q = a.reduce(0.0) { $0 + Double($1 - m) * Double($1 - m) }
+                    XCTAssertEqual(Double(vsum(pa.baseAddress!, n)), s, accuracy: 1e-5 * Double(n))
+                    XCTAssertEqual(Double(vdot(pa.baseAddress!, pb.baseAddress!, n)), d, accuracy: 1e-5 * Double(n))
+                    XCTAssertEqual(Double(vsumSquaredDeviation(pa.baseAddress!, m, n)), q, accuracy: 1e-5 * Double(n))
+                    XCTAssertEqual(vmax(pa.baseAddress!, n), a.max()!)
+                }
+            }
+        }
+    }
 }

@@ -47,12 +47,9 @@ public final class MultiHeadAttention {
                 BLAS.sgemm(transB: true, m: T, n: T, k: hd, alpha: scale, a: base, lda: 3 * W, b: base + W, ldb: 3 * W, beta: 0, c: P, ldc: T)
                 for i in 0..<T {
                     let row = P + i * T
-                    var mx = -Float.infinity
-                    for j in 0..<T where row[j] > mx { mx = row[j] }
+                    let mx = vmax(row, T)
                     for j in 0..<T { row[j] = fastExp(row[j] - mx) }  // vectorises
-                    var s: Float = 0
-                    for j in 0..<T { s += row[j] }
-                    let inv = 1 / s
+                    let inv = 1 / vsum(row, T)
                     for j in 0..<T { row[j] *= inv }
                 }
                 BLAS.sgemm(m: T, n: hd, k: T, a: P, lda: T, b: base + 2 * W, ldb: 3 * W, beta: 0, c: ctx + b * T * W + h * hd, ldc: W)
@@ -83,8 +80,7 @@ public final class MultiHeadAttention {
                 // softmax backward: dS = P * (dP - rowsum(dP * P))
                 for i in 0..<T {
                     let pr = P + i * T, dr = dS + i * T
-                    var s: Float = 0
-                    for j in 0..<T { s += pr[j] * dr[j] }
+                    let s = vdot(pr, dr, T)
                     for j in 0..<T { dr[j] = pr[j] * (dr[j] - s) }
                 }
                 // dQ = scale dS K ; dK = scale dS^T Q

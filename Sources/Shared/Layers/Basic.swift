@@ -134,11 +134,8 @@ public final class LayerNorm {
         let n = Float(dim)
         for r in 0..<rows {
             let xr = x + r * dim, yr = y + r * dim
-            var s: Float = 0
-            for i in 0..<dim { s += xr[i] }
-            let m = s / n
-            var v: Float = 0
-            for i in 0..<dim { let d = xr[i] - m; v += d * d }
+            let m = vsum(xr, dim) / n
+            let v = vsumSquaredDeviation(xr, m, dim)
             let inv = 1 / (v / n + eps).squareRoot()
             mu[r] = m
             rs[r] = inv
@@ -171,10 +168,9 @@ public final class LayerNorm {
                 let a = sum1 / n, b = sum2 / n
                 for i in 0..<dim { dxr[i] = (dyr[i] * w[i] - a - (xr[i] - m) * inv * b) * inv }
             } else {
-                for i in 0..<dim {
-                    sum1 += dyr[i]
-                    sum2 += dyr[i] * (xr[i] - m) * inv
-                }
+                // sum dy * xhat = inv * (dy . x - m * sum dy)
+                sum1 = vsum(dyr, dim)
+                sum2 = inv * (vdot(dyr, xr, dim) - m * sum1)
                 let a = sum1 / n, b = sum2 / n
                 for i in 0..<dim { dxr[i] = (dyr[i] - a - (xr[i] - m) * inv * b) * inv }
             }

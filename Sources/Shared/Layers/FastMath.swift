@@ -25,3 +25,68 @@ public func fastExp(_ v: Float) -> Float {
 public func fastTanh(_ u: Float) -> Float {
     1 - 2 / (1 + fastExp(2 * u))
 }
+
+// Reductions with eight independent lanes (SIMD8), so sums vectorise; float addition order then
+// differs from a sequential loop by normal rounding.
+
+/// sum p[0..<n]
+@inline(__always)
+public func vsum(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = SIMD8<Float>(repeating: 0)
+    let raw = UnsafeRawPointer(p)
+    var i = 0
+    while i + 8 <= n {
+        acc += raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+        i += 8
+    }
+    var s = acc.sum()
+    while i < n { s += p[i]; i += 1 }
+    return s
+}
+
+/// sum a[i] * b[i]
+@inline(__always)
+public func vdot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = SIMD8<Float>(repeating: 0)
+    let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+    var i = 0
+    while i + 8 <= n {
+        acc += ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) * rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+        i += 8
+    }
+    var s = acc.sum()
+    while i < n { s += a[i] * b[i]; i += 1 }
+    return s
+}
+
+/// sum (p[i] - m)^2
+@inline(__always)
+public func vsumSquaredDeviation(_ p: UnsafePointer<Float>, _ m: Float, _ n: Int) -> Float {
+    var acc = SIMD8<Float>(repeating: 0)
+    let mv = SIMD8<Float>(repeating: m)
+    let raw = UnsafeRawPointer(p)
+    var i = 0
+    while i + 8 <= n {
+        let d = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) - mv
+        acc += d * d
+        i += 8
+    }
+    var s = acc.sum()
+    while i < n { let d = p[i] - m; s += d * d; i += 1 }
+    return s
+}
+
+/// max p[0..<n] (n >= 1)
+@inline(__always)
+public func vmax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = SIMD8<Float>(repeating: -.infinity)
+    let raw = UnsafeRawPointer(p)
+    var i = 0
+    while i + 8 <= n {
+        acc = pointwiseMax(acc, raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self))
+        i += 8
+    }
+    var s = acc.max()
+    while i < n { if p[i] > s { s = p[i] }; i += 1 }
+    return s
+}
