@@ -168,6 +168,10 @@ final class ModelTests: XCTestCase {
         let net = try VelocityNet.make(ModelConfig.named("sit-tiny")!, seed: 0)
         XCTAssertThrowsError(try net.validate(t: [0.5], y: [11], batch: 1))
         XCTAssertNoThrow(try net.validate(t: [0.5], y: [10], batch: 1))
+        var rng = CounterRNG(seed: 1)
+        let dropped = net.dropLabels(Array(repeating: 3, count: 1000), probability: 0.1, rng: &rng)
+        XCTAssertTrue(dropped.allSatisfy { $0 == 3 || $0 == 10 })
+        XCTAssertEqual(Double(dropped.filter { $0 == 10 }.count), 100, accuracy: 40)
     }
 
     /// Named sizes on real-sized input: finite outputs, and a rough timing for the record.

@@ -53,6 +53,12 @@ open class VelocityNet: VelocityField {
     @discardableResult
     open func backward(_ dv: UnsafePointer<Float>, paramGrads: Bool = true) -> UnsafeMutablePointer<Float> { fatalError("abstract") }
 
+    /// Classifier-free-guidance label dropout (DiT's LabelEmbedder.token_drop, done by the
+    /// trainer): each label becomes the null label `numClasses` with the given probability.
+    public func dropLabels(_ y: [Int], probability: Double, rng: inout CounterRNG) -> [Int] {
+        y.map { rng.uniform() < probability ? config.numClasses : $0 }
+    }
+
     // MARK: - checks
 
     /// Throws a one-line error for labels or times a forward would reject.
