@@ -16,6 +16,7 @@ open class VelocityNet: VelocityField {
 
     private let poolLock = NSLock()
     private var pool: [VelocityNet] = []
+    let padX = Buffer(), padU = Buffer()
 
     /// Subclasses register their parameters on `params` (shared when building a replica).
     init(config: ModelConfig, params: ParameterSet) {
@@ -84,7 +85,9 @@ open class VelocityNet: VelocityField {
     func borrow() -> VelocityNet {
         poolLock.lock()
         defer { poolLock.unlock() }
-        return pool.popLast() ?? makeReplica()
+        let net = pool.popLast() ?? makeReplica()
+        net.inferenceChunk = inferenceChunk
+        return net
     }
 
     func giveBack(_ net: VelocityNet) {
@@ -93,26 +96,61 @@ open class VelocityNet: VelocityField {
         poolLock.unlock()
     }
 
+    /// Batch size of every forward that `velocity` and `vjp` run (0: the caller's whole batch).
+    /// OpenBLAS may sum in another order when the row count changes, so a sample's velocity could
+    /// differ in the last bits between batch sizes. With a fixed chunk (the last one padded with
+    /// zero inputs) every sample goes through identically shaped GEMMs, and its result is
+    /// bit-identical whatever batch it arrives in; the padding costs up to chunk - 1 wasted rows.
+    public var inferenceChunk = 32
+
+    /// Runs `body(net, x, t, y, n, u)` over fixed-size chunks (see `inferenceChunk`), writing
+    /// the first n rows of what it returns for each chunk to `out` / `dx`.
+    private func chunked(_ x: UnsafePointer<Float>, t: [Float], y: [Int], batch: Int, cotangent u: UnsafePointer<Float>?,
+                         velocity out: UnsafeMutablePointer<Float>?, inputGrad dx: UnsafeMutablePointer<Float>?) {
+        let net = borrow()
+        defer { giveBack(net) }
+        let D = sampleDimension
+        let chunk = inferenceChunk > 0 ? inferenceChunk : batch
+        var s0 = 0
+        while s0 < batch {
+            let n = min(chunk, batch - s0)
+            var xs = x + s0 * D
+            var us = u.map { $0 + s0 * D }
+            var ts = Array(t[s0..<(s0 + n)]), ys = Array(y[s0..<(s0 + n)])
+            if n < chunk {  // pad with zero inputs (time 0, label 0, zero cotangent)
+                let px = net.padX.zeroed(chunk * D)
+                px.update(from: xs, count: n * D)
+                xs = UnsafePointer(px)
+                if let u0 = us {
+                    let pu = net.padU.zeroed(chunk * D)
+                    pu.update(from: u0, count: n * D)
+                    us = UnsafePointer(pu)
+                }
+                ts += [Float](repeating: 0, count: chunk - n)
+                ys += [Int](repeating: 0, count: chunk - n)
+            }
+            let v = net.forward(xs, t: ts, y: ys, batch: chunk)
+            out?.advanced(by: s0 * D).update(from: v, count: n * D)
+            if let us, let dx {
+                let g = net.backward(us, paramGrads: false)
+                dx.advanced(by: s0 * D).update(from: g, count: n * D)
+            }
+            s0 += n
+        }
+    }
+
     /// `VelocityField`: out[b] = v(x[b], t[b], y[b]). Thread-safe (see the type's notes).
     public func velocity(_ x: UnsafePointer<Float>, t: [Float], y: [Int], batch: Int, into out: UnsafeMutablePointer<Float>) {
         guard batch > 0 else { return }
-        let net = borrow()
-        defer { giveBack(net) }
-        let v = net.forward(x, t: t, y: y, batch: batch)
-        out.update(from: v, count: batch * sampleDimension)
+        chunked(x, t: t, y: y, batch: batch, cotangent: nil, velocity: out, inputGrad: nil)
     }
 
     /// Vector-Jacobian product: dx[b] = u[b]^T dv(x[b], t[b], y[b]) / dx[b]. Optionally also
-    /// writes v. Touches no parameter gradient; thread-safe.
+    /// writes v. Touches no parameter gradient; thread-safe; chunked like `velocity`.
     public func vjp(_ x: UnsafePointer<Float>, t: [Float], y: [Int], batch: Int, cotangent u: UnsafePointer<Float>,
                     into dx: UnsafeMutablePointer<Float>, velocity out: UnsafeMutablePointer<Float>? = nil) {
         guard batch > 0 else { return }
-        let net = borrow()
-        defer { giveBack(net) }
-        let v = net.forward(x, t: t, y: y, batch: batch)
-        if let out { out.update(from: v, count: batch * sampleDimension) }
-        let g = net.backward(u, paramGrads: false)
-        dx.update(from: g, count: batch * sampleDimension)
+        chunked(x, t: t, y: y, batch: batch, cotangent: u, velocity: out, inputGrad: dx)
     }
 
     /// Array conveniences (tests, small callers).
