@@ -202,6 +202,9 @@ final class ModelTests: XCTestCase {
 
     func testConfigValidationAndNames() throws {
         XCTAssertThrowsError(try ModelConfig.from(json: "{\"arch\":\"unet\"}"))
+        XCTAssertThrowsError(try ModelConfig.from(json: "{\"arch\":\"sit\",\"hidden_size\":64}"), "image shape is required")
+        let minimal = try ModelConfig.from(json: "{\"arch\":\"sit\",\"channels\":1,\"height\":28,\"width\":28,\"num_classes\":10,\"hidden_size\":128,\"depth\":4}")
+        XCTAssertEqual(minimal, ModelConfig.named("sit-tiny")!)
         var bad = ModelConfig.named("sit-tiny")!
         bad.patch = 5
         XCTAssertThrowsError(try bad.validate())

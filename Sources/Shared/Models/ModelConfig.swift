@@ -50,6 +50,23 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         case timeScale = "time_scale", frequencyDim = "frequency_embedding_size"
     }
 
+    /// Image shape, classes, width and depth are required; the rest default as in `init`.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        arch = try c.decode(String.self, forKey: .arch)
+        channels = try c.decode(Int.self, forKey: .channels)
+        height = try c.decode(Int.self, forKey: .height)
+        width = try c.decode(Int.self, forKey: .width)
+        numClasses = try c.decode(Int.self, forKey: .numClasses)
+        hidden = try c.decode(Int.self, forKey: .hidden)
+        depth = try c.decode(Int.self, forKey: .depth)
+        mlpRatio = try c.decodeIfPresent(Double.self, forKey: .mlpRatio) ?? 4
+        heads = try c.decodeIfPresent(Int.self, forKey: .heads) ?? 4
+        patch = try c.decodeIfPresent(Int.self, forKey: .patch) ?? 4
+        timeScale = try c.decodeIfPresent(Float.self, forKey: .timeScale) ?? 1000
+        frequencyDim = try c.decodeIfPresent(Int.self, forKey: .frequencyDim) ?? 256
+    }
+
     public var sampleDimension: Int { channels * height * width }
     public var mlpHidden: Int { Int(Double(hidden) * mlpRatio) }
 
