@@ -14,6 +14,13 @@ public enum BLAS {
 
     public static var threads: Int { Int(openblas_get_num_threads()) }
 
+    /// The OpenBLAS kernel family in use ("Prescott", "SkylakeX", "Haswell", ...), chosen when the
+    /// library loads (override with the OPENBLAS_CORETYPE environment variable).
+    public static var coreName: String {
+        guard let name = openblas_get_corename() else { return "unknown" }
+        return String(cString: name)
+    }
+
     /// C[m,n] = alpha * op(A) * op(B) + beta * C, row-major, float32.
     /// op(A) is [m,k] (A stored [k,m] when transA), op(B) is [k,n] (B stored [n,k] when transB).
     @inline(__always)
