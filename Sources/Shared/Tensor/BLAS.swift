@@ -98,9 +98,6 @@ public enum BLAS {
                     a, Int32(lda), b, Int32(ldb ?? n))
     }
 
-    /// The OpenBLAS kernel family in use (for benchmark reports).
-    public static var coreName: String { String(cString: openblas_get_corename()) }
-
     /// Debian's OpenBLAS 0.3.21 does not know recent Intel models (Sapphire/Emerald Rapids) and
     /// falls back to its generic SSE3 "Prescott" kernels, several times slower in float64 GEMM and
     /// syrk. OpenBLAS picks its kernels when the library loads, so the only cure is the
