@@ -16,14 +16,20 @@ extension Tensors {
 
         @OptionGroup var input: InputOptions
         @OptionGroup var output: OutputOptions
+        @OptionGroup var progress: ProgressOptions
 
         func run() throws {
             let writer = try output.writer()
+            let bar = Progress(label: "records", enabled: progress.showProgress)
             for path in files.isEmpty ? [input.input ?? "-"] : files {
                 let reader = try input.reader(path)
-                while let record = try reader.read() { try writer.write(record) }
+                while let record = try reader.read() {
+                    try writer.write(record)
+                    bar.advance()
+                }
             }
             try writer.finish()
+            bar.finish()
         }
     }
 }

@@ -25,6 +25,7 @@ extension Tensors {
         var batch: Int = 256
 
         @OptionGroup var output: OutputOptions
+        @OptionGroup var progress: ProgressOptions
 
         func validate() throws {
             guard batch > 0 else { throw ValidationError("--batch must be positive") }
@@ -67,6 +68,7 @@ extension Tensors {
             }
             let labelMap = "{" + labelIds.keys.sorted().map { "\(JSON.quote($0)):\(labelIds[$0]!)" }.joined(separator: ",") + "}"
             let writer = try output.writer()
+            let bar = Progress(label: "images", total: files.count, enabled: progress.showProgress)
             var shape: (c: Int, h: Int, w: Int)?
             var start = 0
             while start < files.count {
@@ -88,6 +90,7 @@ extension Tensors {
                     for p in 0..<(h * w) { for ch in 0..<c { planar[ch * h * w + p] = ImageConversion.unit(Int(image.samples[p * c + ch]), maxValue: maxValue) } }
                     x.append(contentsOf: planar)
                     if labels { y.append(Int64(labelIds[f.labelName!]!)) }
+                    bar.advance()
                 }
                 let b = chunk.count
                 var record = Record()
@@ -100,6 +103,7 @@ extension Tensors {
                 start += b
             }
             try writer.finish()
+            bar.finish()
         }
     }
 }

@@ -63,6 +63,28 @@ final class TensorsToolTests: XCTestCase {
         XCTAssertTrue(String(decoding: help.stdout, as: UTF8.self).contains("tensors head -n 64"))
     }
 
+    func testProgressOnlyWhenAsked() throws {
+        let input = try sampleStream(10, batch: 4)
+        let quiet = try TestSupport.run("tensors", ["cat"], stdin: input)
+        XCTAssertEqual(quiet.status, 0)
+        XCTAssertEqual(quiet.stderr, "")  // stderr is not a terminal here
+        let forced = try TestSupport.run("tensors", ["cat", "--progress"], stdin: input)
+        XCTAssertEqual(forced.status, 0)
+        XCTAssertTrue(forced.stderr.contains("records") && forced.stderr.contains("3"), forced.stderr)
+        XCTAssertEqual(try TestSupport.readAll(forced.stdout).count, 3)
+    }
+
+    /// Under a pseudo-terminal (util-linux `script`), a binary stream is refused.
+    func testRefusesToWriteToATerminal() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/script") else { throw XCTSkip("no /usr/bin/script") }
+        let dir = try TestSupport.temporaryDirectory()
+        try AtomicFile.write(try sampleStream(2, batch: 2), to: dir + "/in.tzst")
+        let tool = TestSupport.productsDirectory.appendingPathComponent("tensors").path
+        let r = try TestSupport.run("/usr/bin/script", ["-qec", "\(tool) head -n 1 -i \(dir)/in.tzst", "/dev/null"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(String(decoding: r.stdout, as: UTF8.self).contains("refusing to write a binary tensor stream to a terminal"))
+    }
+
     func testFailedRunLeavesNoOutputFile() throws {
         let dir = try TestSupport.temporaryDirectory()
         let out = dir + "/out.tzst"

@@ -68,7 +68,7 @@ enum TestSupport {
     /// Runs a built tool with the given stdin, with a time limit so a hang fails the test.
     static func run(_ tool: String, _ arguments: [String], stdin: [UInt8] = [], timeout: TimeInterval = 60) throws -> Result {
         let process = Process()
-        process.executableURL = productsDirectory.appendingPathComponent(tool)
+        process.executableURL = tool.hasPrefix("/") ? URL(fileURLWithPath: tool) : productsDirectory.appendingPathComponent(tool)
         process.arguments = arguments
         let dir = try temporaryDirectory()
         let inPath = dir + "/stdin", outPath = dir + "/stdout", errPath = dir + "/stderr"
