@@ -78,10 +78,10 @@ final class StreamTests: XCTestCase {
         XCTAssertEqual(head["traj.t"]!.shape, [3])
     }
 
-    /// Every malformed record is refused with a message naming the problem, never a trap.
-    func testCorruptRecordsAreRefused() throws {
+    /// Malformed records (uncompressed), each with the words its error must contain.
+    static var corruptRecords: [(String, [UInt8], String)] {
         let f4 = [UInt8](repeating: 0, count: 16)
-        let cases: [(String, [UInt8], String)] = [
+        return [
             ("header past end", TestSupport.rawRecord(header: "{}", payload: [], lengthOverride: 1000), "record cut short"),
             ("invalid JSON", TestSupport.rawRecord(header: "{\"x\":", payload: []), "invalid JSON"),
             ("invalid UTF-8", TestSupport.rawRecord(header: "{\"x\":{}}", payload: []).enumerated().map { $0.offset == 10 ? 0xFF : $0.element }, "UTF-8"),
@@ -101,7 +101,11 @@ final class StreamTests: XCTestCase {
             ("huge tensor", TestSupport.rawRecord(header: #"{"x":{"dtype":"F32","shape":[1099511627776],"data_offsets":[0,4398046511104]}}"#, payload: f4), "exceeds the limit"),
             ("short length field", [1, 2, 3], "record cut short"),
         ]
-        for (name, raw, expected) in cases {
+    }
+
+    /// Every malformed record is refused with a message naming the problem, never a trap.
+    func testCorruptRecordsAreRefused() throws {
+        for (name, raw, expected) in Self.corruptRecords {
             XCTAssertThrowsError(try TestSupport.readAll(try TestSupport.compress(raw)), name) { error in
                 XCTAssertTrue("\(error)".contains(expected), "\(name): got \"\(error)\"")
             }

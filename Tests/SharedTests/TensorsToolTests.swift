@@ -44,10 +44,12 @@ final class TensorsToolTests: XCTestCase {
             ("bad header", try TestSupport.compress(TestSupport.rawRecord(header: #"{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#, payload: [UInt8](repeating: 0, count: 16))), "tensors: error: bad record header"),
             ("huge header", try TestSupport.compress(TestSupport.rawRecord(header: "{}", payload: [], lengthOverride: 1 << 40)), "tensors: error: record header of"),
         ]
-        for (name, input, expected) in cases {
+        // The whole corrupt-record corpus too: status 1, one line naming the problem.
+        let records = try StreamTests.corruptRecords.map { ($0.0, try TestSupport.compress($0.1), "tensors: error: ", $0.2) }
+        for (name, input, expected, words) in cases.map({ ($0.0, $0.1, $0.2, "") }) + records {
             let r = try TestSupport.run("tensors", ["info"], stdin: input, timeout: 20)
             XCTAssertEqual(r.status, 1, name)
-            XCTAssertTrue(r.stderr.hasPrefix(expected), "\(name): \(r.stderr)")
+            XCTAssertTrue(r.stderr.hasPrefix(expected) && r.stderr.contains(words), "\(name): \(r.stderr)")
             XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(name): \(r.stderr)")
         }
     }
