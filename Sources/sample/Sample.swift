@@ -73,8 +73,8 @@ extension Sample {
 
         @OptionGroup var modelOptions: ModelOptions
 
-        @Option(help: "Number of samples.")
-        var n: Int = 64
+        @Option(help: "Number of samples (default 64; with --labels-from, one per label read, times --group).")
+        var n: Int?
 
         @Option(help: "First sample id.")
         var offset: Int = 0
@@ -129,7 +129,7 @@ extension Sample {
         @OptionGroup var progress: ProgressOptions
 
         func validate() throws {
-            guard n >= 0 else { throw ValidationError("--n must be >= 0") }
+            if let n, n < 0 { throw ValidationError("--n must be >= 0") }
             guard steps >= 1 else { throw ValidationError("--steps must be >= 1") }
             guard SamplerKind(rawValue: sampler) != nil else {
                 throw ValidationError("unknown --sampler '\(sampler)' (known: \(SamplerKind.allCases.map(\.rawValue).joined(separator: ", ")))")
@@ -160,7 +160,7 @@ extension Sample {
             let config = net.config
             let sampler = try makeSampler(nullLabel: config.numClasses)
             let G = group ?? 1
-            var count = n
+            var count = n ?? 64
             let labels: LabelSource
             if let label {
                 guard (0...config.numClasses).contains(label) else {
@@ -177,7 +177,7 @@ extension Sample {
                     throw ToolError("label \(bad) in \(reader.name) is outside 0...\(config.numClasses) (\(config.numClasses) is the null label)")
                 }
                 // Without an explicit --n, one sample (one group) per label read.
-                if !CommandLine.arguments.contains("--n") { count = list.count * G }
+                if n == nil { count = list.count * G }
                 labels = .list(list)
             } else {
                 labels = .balanced(numClasses: max(1, config.numClasses))
