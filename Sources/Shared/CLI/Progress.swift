@@ -8,6 +8,8 @@ public final class Progress {
     private let start = Date()
     private var lastDraw = Date.distantPast
     public private(set) var done = 0
+    /// Extra text shown after the rate (e.g. the current loss).
+    public var note = ""
 
     public init(label: String, total: Int? = nil, enabled: Bool) {
         self.label = label
@@ -37,6 +39,7 @@ public final class Progress {
             line += "\(done)"
         }
         line += String(format: " %.1f%@/s ", rate, unit)
+        if !note.isEmpty { line += note + " " }
         FileHandle.standardError.write(line.data(using: .utf8)!)
     }
 

@@ -59,6 +59,11 @@ public final class TensorStreamWriter {
     private let file: AtomicFile?
     public private(set) var recordsWritten = 0
     public private(set) var payloadBytes = 0
+    /// When set (before the first write), every record is a complete zstd frame of its own and
+    /// `finish` adds nothing (an empty stream is zero bytes). Then the compressed bytes of a
+    /// record depend only on the record, so streams whose records match join with `cat` into
+    /// exactly the bytes of one stream holding all of them (`sample --offset` shards).
+    public var framePerRecord = false
 
     /// Writes to `path` (atomically), or to stdout for nil or "-".
     public init(path: String?, level: Int = 1, threads: Int = 0) throws {
@@ -87,14 +92,14 @@ public final class TensorStreamWriter {
         try withUnsafeBytes(of: &length) { try zstd.write($0) }
         try zstd.write(json)
         for (_, tensor) in order { try zstd.write(tensor.bytes) }
-        try zstd.flush()
+        if framePerRecord { try zstd.endFrame() } else { try zstd.flush() }
         recordsWritten += 1
         payloadBytes += record.payloadBytes
     }
 
     /// Closes the zstd frame and, for a file, moves it to its real name.
     public func finish() throws {
-        try zstd.finish()
+        if framePerRecord { zstd.close() } else { try zstd.finish() }
         try file?.commit()
     }
 

@@ -164,6 +164,16 @@ public final class ZstdWriter {
         try compress(nil, 0, ZSTD_e_flush)
     }
 
+    /// Ends the current frame; later writes start a new one (concatenated frames are one
+    /// stream). Used to give each record its own frame, so records re-concatenate byte for byte.
+    public func endFrame() throws {
+        precondition(!finished)
+        try compress(nil, 0, ZSTD_e_end)
+    }
+
+    /// Marks the writer finished without writing anything (every frame already ended).
+    public func close() { finished = true }
+
     /// Ends the frame. Without it, readers reject the output as truncated.
     public func finish() throws {
         guard !finished else { return }

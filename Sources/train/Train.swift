@@ -1,0 +1,220 @@
+import ArgumentParser
+import Foundation
+import Shared
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train a class-conditional flow-matching velocity model on a stream of `x` and `y`.",
+        discussion: """
+        Conditional flow matching in the toolkit's convention: x_t = (1 - t) x0 + t eps, target \
+        v = eps - x0, t uniform (or --t-dist logit-normal), labels dropped to the null label with \
+        probability --label-dropout for classifier-free guidance. AdamW with linear warmup, global \
+        gradient-norm clipping, EMA of the weights (what `sample` uses by default). The whole data \
+        stream is read into memory once; epochs are shuffled by a counter-based RNG.
+
+        The checkpoint (-o) is written atomically every --save-every steps and at the end. It holds \
+        weights, AdamW and EMA state, and the data cursor and RNG position, so --resume continues \
+        exactly: the same loss curve and the same final bytes as an uninterrupted run. When resuming, \
+        hyperparameters come from the checkpoint; only --steps (the total), --save-every, -o and \
+        logging options may change.
+
+        Examples:
+          D=/usr/share/datasets/fashion-mnist
+          tensors from-idx $D/train-images-idx3-ubyte.gz $D/train-labels-idx1-ubyte.gz > train.tzst
+          train --model sit-tiny --steps 3000 --threads 2 --save-every 500 \\
+                --metrics sit.jsonl -o sit.safetensors < train.tzst
+          train --resume sit.safetensors --steps 6000 --metrics sit.jsonl -o sit.safetensors < train.tzst
+          train --config '{"arch":"mlp","channels":2,"height":1,"width":1,"num_classes":3,\\
+                "hidden_size":64,"depth":2}' --steps 500 -o toy.safetensors < toy.tzst
+        """)
+
+    @Option(name: [.short, .customLong("output")], help: "The checkpoint to write (safetensors).")
+    var output: String
+
+    @Option(help: "Named architecture: \(ModelConfig.names.joined(separator: ", ")). Its image shape follows the data.")
+    var model: String?
+
+    @Option(help: "Architecture as JSON (inline, or a path to a .json file), the `config` of docs/models.md.")
+    var config: String?
+
+    @Option(help: "Number of classes for --model (labels 0..<K; K is the null label).")
+    var classes: Int = 10
+
+    @Option(help: "Continue a run from its checkpoint (same data stream).")
+    var resume: String?
+
+    @Option(help: "Start from these weights (fresh optimizer; the checkpoint becomes the parent).")
+    var initFrom: String?
+
+    @Option(help: "Total optimizer steps of the run.")
+    var steps: Int = 1000
+
+    @Option(help: "Minibatch size (default 256).")
+    var batch: Int?
+
+    @Option(help: "Peak learning rate (default 5e-4).")
+    var lr: Float?
+
+    @Option(help: "Linear warmup steps (default 100).")
+    var warmup: Int?
+
+    @Option(help: "AdamW decoupled weight decay (default 0).")
+    var weightDecay: Float?
+
+    @Option(help: "Clip the global gradient norm to this (default 1; 0: no clipping).")
+    var gradClip: Double?
+
+    @Option(help: "EMA decay (default 0.999; the effective decay at step k is min(decay, (1+k)/(10+k))).")
+    var ema: Float?
+
+    @Option(help: "Probability of replacing a label by the null label (default 0.1).")
+    var labelDropout: Double?
+
+    @Option(help: "Time distribution: uniform (default), logit-normal, or logit-normal:MEAN,STD.")
+    var tDist: String?
+
+    @Option(help: "Seed of the weights' initialisation, data order, times and noise (default 0).")
+    var seed: UInt64?
+
+    @Option(help: "Also write the checkpoint every K steps (0: only at the end).")
+    var saveEvery: Int = 0
+
+    @Option(help: "Append one JSON line per logged step: step, loss, lr, grad_norm, images_per_s.")
+    var metrics: String?
+
+    @Option(help: "Log to --metrics every N steps.")
+    var logEvery: Int = 1
+
+    @OptionGroup var input: InputOptions
+    @OptionGroup var threads: ThreadOptions
+    @OptionGroup var progress: ProgressOptions
+
+    func validate() throws {
+        guard steps >= 0 else { throw ValidationError("--steps must be >= 0") }
+        guard saveEvery >= 0 else { throw ValidationError("--save-every must be >= 0") }
+        guard logEvery >= 1 else { throw ValidationError("--log-every must be >= 1") }
+        guard classes >= 1 else { throw ValidationError("--classes must be >= 1") }
+        if resume != nil && (model != nil || config != nil || initFrom != nil) {
+            throw ValidationError("--resume takes the model from the checkpoint; drop --model/--config/--init-from")
+        }
+        if resume == nil && (model == nil) == (config == nil) && initFrom == nil {
+            throw ValidationError("give --model NAME or --config JSON (or --resume CKPT, or --init-from CKPT)")
+        }
+        if model != nil && config != nil { throw ValidationError("give --model or --config, not both") }
+    }
+
+    func run() throws {
+        threads.apply()
+        let data = try TrainingData.read(try input.reader())
+        let trainer: FlowMatchingTrainer
+        var parent: String?
+        if let resume {
+            let record = try Checkpoint.read(resume)
+            guard let json = record.metadata[FlowMatchingTrainer.settingsKey] else {
+                throw ToolError("\(resume) has no `\(FlowMatchingTrainer.settingsKey)` metadata; it was not written by train")
+            }
+            let saved = try TrainSettings.from(json: json)
+            try checkUnchanged(saved)
+            let net = try VelocityNet.load(from: record)
+            trainer = try FlowMatchingTrainer(net: net, settings: saved, data: data)
+            try trainer.restore(from: record)
+            parent = record.metadata[TrainingCheckpoint.parentKey]
+        } else {
+            let settings = try freshSettings()
+            let net: VelocityNet
+            if let initFrom {
+                net = try VelocityNet.load(path: initFrom)
+                parent = try Checkpoint.digest(initFrom)
+            } else {
+                net = try VelocityNet.make(try modelConfig(for: data), seed: settings.seed)
+            }
+            trainer = try FlowMatchingTrainer(net: net, settings: settings, data: data)
+        }
+
+        let meta = ["tool": "train", "version": Toolkit.version]
+        func save() throws {
+            try Checkpoint.write(trainer.checkpointRecord(parentDigest: parent, metadata: meta), to: output)
+        }
+
+        var log: FileHandle?
+        if let metrics { log = try MetricsLog.open(metrics, keepingThrough: trainer.step) }
+        let bar = Progress(label: "train", total: max(0, steps - trainer.step), enabled: progress.showProgress)
+        let started = Date()
+        var windowStart = Date(), windowImages = 0
+        var last: TrainStepStats?
+        let firstStep = trainer.step
+        while trainer.step < steps {
+            let s = try trainer.trainStep()
+            last = s
+            windowImages += trainer.settings.batch
+            bar.note = String(format: "loss %.4f", s.loss)
+            bar.advance(1, unit: " step")
+            if let log, s.step % logEvery == 0 || s.step == steps {
+                let now = Date()
+                let rate = Double(windowImages) / max(now.timeIntervalSince(windowStart), 1e-9)
+                log.write(MetricsLog.line(s, imagesPerSecond: rate).data(using: .utf8)!)
+                windowStart = now
+                windowImages = 0
+            }
+            if saveEvery > 0 && s.step % saveEvery == 0 && s.step < steps { try save() }
+        }
+        try save()
+        bar.finish()
+        try log?.close()
+        let elapsed = Date().timeIntervalSince(started)
+        let done = trainer.step - firstStep
+        var summary = "train: step \(trainer.step)"
+        if let last { summary += String(format: ", loss %.5f", last.loss) }
+        if done > 0 { summary += String(format: ", %.1f images/s", Double(done * trainer.settings.batch) / max(elapsed, 1e-9)) }
+        summary += String(format: ", peak memory %.0f MiB, BLAS core %@ x %d threads", MetricsLog.peakResidentMiB(), BLAS.coreName, BLAS.threads)
+        if !progress.quiet { printError(summary) }
+    }
+
+    func freshSettings() throws -> TrainSettings {
+        var s = TrainSettings()
+        if let batch { s.batch = batch }
+        if let lr { s.lr = lr }
+        if let warmup { s.warmup = warmup }
+        if let weightDecay { s.weightDecay = weightDecay }
+        if let gradClip { s.gradClip = gradClip }
+        if let ema { s.ema = ema }
+        if let labelDropout { s.labelDropout = labelDropout }
+        if let tDist { s.tDist = tDist }
+        if let seed { s.seed = seed }
+        try s.validate()
+        return s
+    }
+
+    /// On resume every given hyperparameter must equal the checkpoint's (an exact continuation).
+    func checkUnchanged(_ saved: TrainSettings) throws {
+        var given = saved
+        if let batch { given.batch = batch }
+        if let lr { given.lr = lr }
+        if let warmup { given.warmup = warmup }
+        if let weightDecay { given.weightDecay = weightDecay }
+        if let gradClip { given.gradClip = gradClip }
+        if let ema { given.ema = ema }
+        if let labelDropout { given.labelDropout = labelDropout }
+        if let tDist { given.tDist = tDist }
+        if let seed { given.seed = seed }
+        if given != saved {
+            throw ToolError("--resume continues with the checkpoint's settings \(saved.json()); drop the options that differ")
+        }
+    }
+
+    func modelConfig(for data: TrainingData) throws -> ModelConfig {
+        if let model {
+            guard let c = ModelConfig.named(model, channels: data.channels, height: data.height, width: data.width, numClasses: classes) else {
+                throw ToolError("unknown model '\(model)' (known: \(ModelConfig.names.joined(separator: ", ")))")
+            }
+            try c.validate()
+            return c
+        }
+        var text = config!
+        if !text.trimmingCharacters(in: .whitespaces).hasPrefix("{") {
+            text = String(decoding: try readFile(text), as: UTF8.self)
+        }
+        return try ModelConfig.from(json: text)
+    }
+}

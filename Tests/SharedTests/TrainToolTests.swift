@@ -1,0 +1,140 @@
+import Foundation
+import XCTest
+@testable import Shared
+
+final class TrainToolTests: XCTestCase {
+    var dir = ""
+
+    override func setUpWithError() throws { dir = try TestSupport.temporaryDirectory() }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    /// A 2-D mixture of three Gaussians as [N,2,1,1] "images", one class.
+    static let means: [(Float, Float)] = [(-0.5, -0.5), (0.5, -0.3), (0.0, 0.6)]
+    static let weights: [Double] = [0.5, 0.3, 0.2]
+    static let std: Float = 0.08
+
+    static func mixture(n: Int, seed: UInt64) -> [Float] {
+        var rng = CounterRNG(seed: seed, stream: 5)
+        var x: [Float] = []
+        for _ in 0..<n {
+            let u = rng.uniform()
+            let k = u < weights[0] ? 0 : (u < weights[0] + weights[1] ? 1 : 2)
+            x.append(means[k].0 + std * Float(rng.normal()))
+            x.append(means[k].1 + std * Float(rng.normal()))
+        }
+        return x
+    }
+
+    static let toyConfig = #"{"arch":"mlp","channels":2,"height":1,"width":1,"num_classes":1,"hidden_size":64,"depth":2,"mlp_ratio":2,"frequency_embedding_size":64}"#
+
+    func toyData(n: Int = 4000) throws -> [UInt8] {
+        let x = Self.mixture(n: n, seed: 1)
+        var records: [Record] = []
+        for start in stride(from: 0, to: n, by: 1000) {
+            let b = min(1000, n - start)
+            records.append(Record([("x", Tensor(Array(x[(start * 2)..<((start + b) * 2)]), shape: [b, 2, 1, 1])),
+                                   ("y", Tensor([Int64](repeating: 0, count: b), shape: [b]))]))
+        }
+        return try TestSupport.streamBytes(records)
+    }
+
+    /// Training on the mixture converges, and the EMA model's samples reproduce the components'
+    /// weights and means.
+    func testMixtureOfGaussiansConvergesAndSamplesMatch() throws {
+        let ckpt = dir + "/toy.safetensors", metrics = dir + "/toy.jsonl"
+        let r = try TestSupport.run("train", ["--config", Self.toyConfig, "--steps", "1500", "--batch", "256", "--lr", "3e-3",
+                                              "--warmup", "50", "--ema", "0.99", "--label-dropout", "0", "--threads", "1",
+                                              "--metrics", metrics, "-o", ckpt, "--quiet"], stdin: try toyData(), timeout: 120)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 1500)
+        func loss(_ l: Substring) -> Double { Double(l.components(separatedBy: "\"loss\":")[1].prefix { $0 != "," })! }
+        let early = lines[0..<50].map(loss).reduce(0, +) / 50, late = lines[1400..<1500].map(loss).reduce(0, +) / 100
+        XCTAssertLessThan(late, 0.75 * early, "loss did not fall: \(early) -> \(late)")
+
+        let out = try TestSupport.run("sample", ["--model", ckpt, "--n", "3000", "--steps", "40", "--no-clamp", "--threads", "2", "--seed", "4"], timeout: 120)
+        XCTAssertEqual(out.status, 0, out.stderr)
+        let x = try EngineTestSupport.floats(EngineTestSupport.records(out.stdout), "x")
+        var counts = [Int](repeating: 0, count: 3)
+        var sums = [(Double, Double)](repeating: (0, 0), count: 3)
+        var far = 0
+        for i in 0..<(x.count / 2) {
+            let p = (x[2 * i], x[2 * i + 1])
+            let d = Self.means.map { ($0.0 - p.0) * ($0.0 - p.0) + ($0.1 - p.1) * ($0.1 - p.1) }
+            let k = d.firstIndex(of: d.min()!)!
+            if d[k].squareRoot() > 4 * Self.std { far += 1 }
+            counts[k] += 1
+            sums[k].0 += Double(p.0)
+            sums[k].1 += Double(p.1)
+        }
+        let n = Double(x.count / 2)
+        XCTAssertLessThan(Double(far) / n, 0.05, "too many samples between the components")
+        for k in 0..<3 {
+            XCTAssertEqual(Double(counts[k]) / n, Self.weights[k], accuracy: 0.04, "weight of component \(k)")
+            XCTAssertEqual(sums[k].0 / Double(counts[k]), Double(Self.means[k].0), accuracy: 0.03, "mean x of component \(k)")
+            XCTAssertEqual(sums[k].1 / Double(counts[k]), Double(Self.means[k].1), accuracy: 0.03, "mean y of component \(k)")
+        }
+    }
+
+    /// An interrupted run resumed from its checkpoint gives the same loss curve and the same
+    /// final checkpoint bytes as one uninterrupted run.
+    func testResumeIsExact() throws {
+        let data = try toyData(n: 1500)  // 1500 / 64 is not whole: batches cross epoch boundaries
+        let common = ["--config", Self.toyConfig, "--batch", "64", "--lr", "2e-3", "--warmup", "10", "--t-dist", "logit-normal",
+                      "--weight-decay", "0.01", "--threads", "1", "--quiet"]
+        let full = dir + "/full.safetensors", fullLog = dir + "/full.jsonl"
+        var r = try TestSupport.run("train", common + ["--steps", "60", "--metrics", fullLog, "-o", full], stdin: data)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let part = dir + "/part.safetensors", partLog = dir + "/part.jsonl"
+        r = try TestSupport.run("train", common + ["--steps", "60", "--save-every", "25", "--metrics", partLog, "-o", part], stdin: data)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        // Simulate a kill after the checkpoint at step 50: keep that checkpoint, resume from it.
+        r = try TestSupport.run("train", common + ["--steps", "50", "--metrics", partLog, "-o", part], stdin: data)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(try TrainingCheckpoint.step(of: Checkpoint.read(part)), 50)
+        r = try TestSupport.run("train", ["--resume", part, "--steps", "60", "--metrics", partLog, "-o", part, "--threads", "1", "--quiet"], stdin: data)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        func curve(_ path: String) throws -> [String] {
+            try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map { $0.components(separatedBy: ",\"images_per_s\"")[0] }
+        }
+        let a = try curve(fullLog), b = try curve(partLog)
+        XCTAssertEqual(a.count, 60)
+        XCTAssertEqual(a, b)
+        XCTAssertEqual(try readFile(full), try readFile(part), "resumed checkpoint differs from the uninterrupted one")
+        let meta = try Checkpoint.read(full).metadata
+        XCTAssertEqual(meta["tool"], "train")
+        XCTAssertEqual(meta["step"], "60")
+        XCTAssertNotNil(meta["config"])
+        XCTAssertNotNil(meta["version"])
+        // Changing a hyperparameter on resume is refused.
+        r = try TestSupport.run("train", ["--resume", part, "--steps", "70", "--lr", "1e-3", "-o", dir + "/x.safetensors"], stdin: data)
+        EngineTestSupport.assertOneLineError(r, "train", contains: "settings")
+    }
+
+    /// Bad input: one line on stderr, exit 1, no checkpoint.
+    func testBadInput() throws {
+        let out = dir + "/bad.safetensors"
+        let x = Tensor([Float](repeating: 0.1, count: 8), shape: [4, 2, 1, 1])
+        let y = Tensor([Int64](repeating: 0, count: 4), shape: [4])
+        func run(_ records: [Record], _ extra: [String] = []) throws -> TestSupport.Result {
+            try TestSupport.run("train", ["--config", Self.toyConfig, "--steps", "5", "--batch", "4", "-o", out, "--quiet"] + extra,
+                                stdin: try TestSupport.streamBytes(records))
+        }
+        EngineTestSupport.assertOneLineError(try run([Record([("y", y)])]), "train", contains: "`x`")
+        EngineTestSupport.assertOneLineError(try run([Record([("x", x)])]), "train", contains: "`y`")
+        let image = Tensor([Float](repeating: 0, count: 4 * 16), shape: [4, 1, 4, 4])
+        EngineTestSupport.assertOneLineError(try run([Record([("x", image), ("y", y)])]), "train", contains: "the model takes")
+        EngineTestSupport.assertOneLineError(try run([Record([("x", x), ("y", Tensor([Int64(0), 1, 0, 0], shape: [4]))])]), "train", contains: "label 1")
+        let nan = Tensor([Float.nan] + [Float](repeating: 0, count: 7), shape: [4, 2, 1, 1])
+        EngineTestSupport.assertOneLineError(try run([Record([("x", nan), ("y", y)])]), "train", contains: "non-finite")
+        // Finite data so large that the loss overflows: refused at the first step.
+        let huge = Tensor([Float](repeating: 3e25, count: 8), shape: [4, 2, 1, 1])
+        EngineTestSupport.assertOneLineError(try run([Record([("x", huge), ("y", y)])]), "train", contains: "loss is not finite")
+        EngineTestSupport.assertOneLineError(try run([]), "train", contains: "no samples")
+        EngineTestSupport.assertOneLineError(try TestSupport.run("train", ["--model", "sit-huge", "-o", out],
+                                                                 stdin: try TestSupport.streamBytes([Record([("x", x), ("y", y)])])), "train", contains: "unknown model")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out))
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains("bad.safetensors") }
+        XCTAssertEqual(leftovers, [], "a temporary checkpoint was left behind")
+    }
+}
