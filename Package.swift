@@ -10,6 +10,8 @@ let package = Package(
     products: [
         .executable(name: "tensors", targets: ["tensors"]),
         .executable(name: "fid", targets: ["fid"]),
+        .executable(name: "discrim", targets: ["discrim"]),
+        .executable(name: "rlstep", targets: ["rlstep"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -36,6 +38,8 @@ let package = Package(
         ),
         .executableTarget(name: "tensors", dependencies: ["Shared"], swiftSettings: optimize),
         .executableTarget(name: "fid", dependencies: ["Shared"], swiftSettings: optimize),
+        .executableTarget(name: "discrim", dependencies: ["Shared"], swiftSettings: optimize),
+        .executableTarget(name: "rlstep", dependencies: ["Shared"], swiftSettings: optimize),
         .testTarget(name: "SharedTests", dependencies: ["Shared", "CZlib"], exclude: ["Golden"]),
     ],
     // Swift 5 language mode: the tools are single-process pipelines whose parallelism lives in
