@@ -62,11 +62,12 @@ public final class AdjointMatching: RLObjective {
     public static func u(_ t: Float, offset: Double) -> Double { 1 - Double(t) + offset }
     /// The memoryless diffusion sigma(t) = sqrt(2 (t + eps) / (1 - t + delta)), eps = delta = offset.
     public static func sigma(_ t: Float, offset: Double) -> Double { (2 * (Double(t) + offset) / u(t, offset: offset)).squareRoot() }
-    /// Step indices k in 0..<S split by DRL time tau_k = 1 - t_k < split (noisy) and >= split.
+    /// Step indices k in 0..<S split by DRL time tau_k = 1 - t_k < split (noisy) and >= split
+    /// (compared with a 1e-6 tolerance: the Float grid's 0.4 is 0.4000000060).
     public static func strata(times: [Float], split: Double) -> (low: [Int], high: [Int]) {
         let S = times.count - 1
-        let low = (0..<S).filter { drlTime(times[$0]) < split }
-        return (low, (0..<S).filter { drlTime(times[$0]) >= split })
+        let low = (0..<S).filter { drlTime(times[$0]) < split - 1e-6 }
+        return (low, (0..<S).filter { !low.contains($0) })
     }
 
     /// The lean adjoint along one batch of trajectories: a [N, S, D] with a[:, k] the adjoint at
@@ -141,6 +142,13 @@ public final class AdjointMatching: RLObjective {
         }
         klStart = kl / Double(max(N, 1))
         trainable = Array(0..<N)
+    }
+
+    /// Sets the time grid alone (tests of `subset`).
+    func prepareTimesForTesting(_ t: [Float]) {
+        times = t
+        S = t.count - 1
+        (strataLow, strataHigh) = Self.strata(times: t, split: options.split)
     }
 
     /// Stratified subset of steps for one sample.
