@@ -117,7 +117,7 @@ struct RLStep: ParsableCommand {
         let next = TrainingCheckpoint.record(model: net, optimizer: optimizer, ema: ema, step: trainer.step, parentDigest: digest, metadata: meta)
         try Checkpoint.write(next, to: out)
 
-        let line = RLTrainer.json(m, strings: [("algo", algo), ("model", digest), ("reference", refDigest), ("out", out)]) + "\n"
+        let line = RLTrainer.json(m, strings: [("algo", algo), ("model", digest), ("reference", refDigest)]) + "\n"
         if let metrics {
             let fd = open(metrics, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
             guard fd >= 0 else { throw ToolError("cannot open \(metrics): \(String(cString: strerror(errno)))") }
