@@ -9,6 +9,9 @@ final class RLAdjointMatchingTests: XCTestCase {
     /// and base-fit errors cancel); the analytic Gaussian answer is printed beside it.
     func testAdjointMatchingReachesTiltedGaussian() throws {
         let base = RLToy.base
+        let threads = BLAS.threads
+        BLAS.setThreads(1)  // tiny matrices
+        defer { BLAS.setThreads(threads) }
         let t0 = Date()
         defer { print(String(format: "AM toy: %.1f s after the base", Date().timeIntervalSince(t0))) }
         let policy = RLToy.copy(base)

@@ -7,6 +7,9 @@ final class RLGRPOTests: XCTestCase {
     /// reward rises, and with beta > 0 the policy ends closer to the reference.
     func testGRPORaisesRewardAndBetaStaysCloser() throws {
         let base = RLToy.base
+        let threads = BLAS.threads
+        BLAS.setThreads(1)  // tiny matrices
+        defer { BLAS.setThreads(threads) }
         let t0 = Date()
         defer { print(String(format: "GRPO toy: %.1f s after the base", Date().timeIntervalSince(t0))) }
         let sampler = try Sampler(kind: .flowgrpo, steps: 10)

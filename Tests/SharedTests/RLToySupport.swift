@@ -12,9 +12,13 @@ enum RLToy {
 
     /// Trained once per test process (about a second).
     static let base: VelocityNet = {
+        let threads = BLAS.threads
         BLAS.setThreads(1)  // tiny matrices: threads only add overhead
         let t0 = Date()
-        defer { print(String(format: "RL toy base trained in %.2f s", Date().timeIntervalSince(t0))) }
+        defer {
+            BLAS.setThreads(threads)
+            print(String(format: "RL toy base trained in %.2f s", Date().timeIntervalSince(t0)))
+        }
         let net = try! VelocityNet.make(config, seed: 7)
         net.inferenceChunk = 256
         let opt = AdamW(net.params, lr: 2e-3, weightDecay: 0)
