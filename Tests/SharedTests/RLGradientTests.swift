@@ -95,9 +95,10 @@ final class RLGradientTests: XCTestCase {
 
     /// dL/dtheta of an objective's minibatch loss (through dL/dv and the net's backward) against
     /// finite differences of the loss itself.
-    func checkObjective(_ objective: RLObjective, sampler: Sampler, label: String) throws {
+    func checkObjective(_ objective: RLObjective, sampler: Sampler, label: String, eps: Float = 3e-3, rtol: Double = 3e-3) throws {
         var g = GradCheck()
-        g.eps = 3e-3
+        g.eps = eps
+        g.rtol = rtol
         let policy = try randomNet(&g)
         let reference = try randomNet(&g, seed: 4)
         for (p, q) in zip(policy.params.all, reference.params.all) { p.values = q.values.map { $0 + Float(g.randoms(1, std: 0.05)[0]) } }
@@ -135,6 +136,13 @@ final class RLGradientTests: XCTestCase {
             o.beta = 0.7; o.clipRange = 100; o.ratioNorm = ratioNorm
             try checkObjective(GRPO(options: o), sampler: try Sampler(kind: .flowgrpo, steps: 5), label: "grpo ratio-norm \(ratioNorm)")
         }
+        // an active clip: rows on the clipped side contribute no gradient (the loss is flat there)
+        var oc = GRPO.Options()
+        oc.beta = 0; oc.clipRange = 0.003
+        let clippedObjective = GRPO(options: oc)
+        try checkObjective(clippedObjective, sampler: try Sampler(kind: .flowgrpo, steps: 5), label: "grpo clipped", eps: 1e-3, rtol: 2e-2)  // piecewise: small steps, looser tolerance
+        let d = Dictionary(uniqueKeysWithValues: clippedObjective.diagnostics())
+        XCTAssertGreaterThan(d["clip_frac"]!, 0.2, "the clip is active on some rows")
         // with classifier-free guidance the gradient flows through both branches
         var o = GRPO.Options()
         o.beta = 0.3; o.clipRange = 100
