@@ -172,6 +172,36 @@ final class RLGradientTests: XCTestCase {
         XCTAssertTrue(policy.params.all.allSatisfy { $0.grads.allSatisfy { $0.isFinite } })
     }
 
+    /// Chunked re-forward/backward gives the gradients of one big batch, with and without CFG.
+    func testTrainingVelocityChunksMatchOneBatch() throws {
+        var g = GradCheck()
+        let net = try randomNet(&g)
+        let rows = 7, D = 3
+        let x = g.randoms(rows * D), dv = g.randoms(rows * D)
+        let t: [Float] = [1, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1], y = [0, 1, 0, 1, 1, 0, 2]
+        for guidance in [nil, Guidance(scale: 1.7, nullLabel: 2, interval: 0.25...0.95)] {
+            var grads: [[[Float]]] = []
+            var vs: [[Float]] = []
+            for chunk in [256, 2] {
+                net.params.zeroGrad()
+                let tv = TrainingVelocity(model: net, guidance: guidance)
+                tv.chunk = chunk
+                vs.append(tv.forward(x, t: t, y: y))
+                tv.backward(dv)
+                grads.append(net.params.all.map(\.grads))
+            }
+            for (a, b) in zip(grads[0], grads[1]) { for (u, w) in zip(a, b) { XCTAssertEqual(u, w, accuracy: 1e-5 * (abs(u) + 1)) } }
+            // the guided velocity equals the sampler's
+            if let guidance {
+                let s = try Sampler(kind: .euler, times: [1, 0.5, 0], guidance: guidance)
+                for r in 0..<rows {
+                    let v = s.velocity(model: net, x: Array(x[(r * D)..<((r + 1) * D)]), labels: [y[r]], t: t[r], batch: 1)
+                    for d in 0..<D { XCTAssertEqual(vs[0][r * D + d], v[d], accuracy: 1e-5) }
+                }
+            }
+        }
+    }
+
     /// DRL's formulas typed in DRL's time tau (data at 1) against ours (noise at 1).
     func testTimeConventionsMatchDRL() throws {
         let S = 10

@@ -42,11 +42,16 @@ public protocol RLObjective: AnyObject {
 
 /// The policy's velocity on a batch of rows with per-row times, through classifier-free guidance
 /// when the sampler used it, with a matching backward (parameter gradients of the guided v).
+///
+/// Memory stays bounded whatever the number of rows: `forward` runs the thread-safe inference
+/// path (fixed-size chunks, no activations kept), and `backward` re-runs the training forward
+/// chunk by chunk (`chunk` rows plus their unconditional twins) before each chunk's backward, so
+/// parameter gradients accumulate chunk by chunk. The extra forward costs about a third more.
 final class TrainingVelocity {
     let model: VelocityNet
     let guidance: Guidance?
-    private var rows = 0
-    private var guided: [Int] = []  // row index of each extra unconditional row
+    var chunk = 256
+    private var x: [Float] = [], t: [Float] = [], y: [Int] = []
 
     init(model: VelocityNet, guidance: Guidance?) {
         self.model = model
@@ -55,26 +60,19 @@ final class TrainingVelocity {
 
     /// v [rows, D] for x [rows, D].
     func forward(_ x: [Float], t: [Float], y: [Int]) -> [Float] {
-        let D = model.sampleDimension
-        rows = t.count
-        guided = []
-        if let g = guidance { guided = (0..<rows).filter { g.isActive(at: t[$0]) } }
-        var xx = x, tt = t, yy = y
-        if let g = guidance, !guided.isEmpty {
-            xx.reserveCapacity((rows + guided.count) * D)
-            for r in guided {
-                xx += x[(r * D)..<((r + 1) * D)]
-                tt.append(t[r])
-                yy.append(g.nullLabel)
-            }
-        }
-        let n = tt.count
-        let vp = xx.withUnsafeBufferPointer { model.forward($0.baseAddress!, t: tt, y: yy, batch: n) }
-        var v = Array(UnsafeBufferPointer(start: vp, count: rows * D))
+        self.x = x; self.t = t; self.y = y
+        let D = model.sampleDimension, rows = t.count
+        guard rows > 0 else { return [] }
+        var v = model.velocity(x, t: t, y: y)
         if let g = guidance {
-            for (j, r) in guided.enumerated() {
-                let u = vp + (rows + j) * D
-                for d in 0..<D { let i = r * D + d; v[i] = u[d] + g.scale * (v[i] - u[d]) }
+            let active = (0..<rows).filter { g.isActive(at: t[$0]) }
+            if !active.isEmpty {
+                var xu = [Float](); xu.reserveCapacity(active.count * D)
+                for r in active { xu += x[(r * D)..<((r + 1) * D)] }
+                let vu = model.velocity(xu, t: active.map { t[$0] }, y: [Int](repeating: g.nullLabel, count: active.count))
+                for (j, r) in active.enumerated() {
+                    for d in 0..<D { let i = r * D + d; v[i] = vu[j * D + d] + g.scale * (v[i] - vu[j * D + d]) }
+                }
             }
         }
         return v
@@ -82,18 +80,27 @@ final class TrainingVelocity {
 
     /// Accumulates parameter gradients for dL/dv [rows, D] of the last forward.
     func backward(_ dv: [Float]) {
-        let D = model.sampleDimension
-        var g = dv
-        if let gd = guidance, !guided.isEmpty {
-            g.reserveCapacity((rows + guided.count) * D)
-            for r in guided {
-                let base = r * D
-                let extra = dv[base..<(base + D)].map { $0 * (1 - gd.scale) }
-                for d in 0..<D { g[base + d] = dv[base + d] * gd.scale }
-                g += extra
+        let D = model.sampleDimension, rows = t.count
+        var start = 0
+        while start < rows {
+            let end = min(start + chunk, rows)
+            var xs = Array(x[(start * D)..<(end * D)]), ts = Array(t[start..<end]), ys = Array(y[start..<end])
+            var g = Array(dv[(start * D)..<(end * D)])
+            if let gd = guidance {
+                for r in start..<end where gd.isActive(at: t[r]) {
+                    let local = (r - start) * D
+                    xs += x[(r * D)..<((r + 1) * D)]
+                    ts.append(t[r])
+                    ys.append(gd.nullLabel)
+                    g += dv[(r * D)..<((r + 1) * D)].map { $0 * (1 - gd.scale) }
+                    for d in 0..<D { g[local + d] = dv[r * D + d] * gd.scale }
+                }
             }
+            let n = ts.count
+            _ = xs.withUnsafeBufferPointer { model.forward($0.baseAddress!, t: ts, y: ys, batch: n) }
+            g.withUnsafeBufferPointer { _ = model.backward($0.baseAddress!, paramGrads: true) }
+            start = end
         }
-        g.withUnsafeBufferPointer { _ = model.backward($0.baseAddress!, paramGrads: true) }
     }
 }
 
