@@ -54,6 +54,14 @@ final class RLAdjointMatchingTests: XCTestCase {
             XCTAssertEqual(got.mean[d], target.mean[d], accuracy: 0.06, "mean dim \(d)")
             XCTAssertEqual(got.variance[d], target.variance[d], accuracy: 0.06, "variance dim \(d)")
         }
+        let averaged = RLToy.copy(policy)
+        ema.apply(to: averaged.params)
+        let ge = RLToy.moments(RLToy.finalSamples(model: averaged, sampler: sampler, n: nEval, seed: 4242))
+        print("AM toy, EMA (0.99) weights: mean \(ge.mean) var \(ge.variance)")
+        for d in 0..<2 {  // the averaged weights remove most of the last iterate's noise
+            XCTAssertEqual(ge.mean[d], target.mean[d], accuracy: 0.04, "EMA mean dim \(d)")
+            XCTAssertEqual(ge.variance[d], target.variance[d], accuracy: 0.04, "EMA variance dim \(d)")
+        }
         // DRL samples the fine-tuned model with the plain ODE (App. F): same tilt, looser check.
         let ode = try Sampler(kind: .euler, steps: 50)
         let xo = RLToy.finalSamples(model: policy, sampler: ode, n: 8000, seed: 1)
