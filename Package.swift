@@ -12,6 +12,8 @@ let package = Package(
         .executable(name: "fid", targets: ["fid"]),
         .executable(name: "train", targets: ["train"]),
         .executable(name: "sample", targets: ["sample"]),
+        .executable(name: "discrim", targets: ["discrim"]),
+        .executable(name: "rlstep", targets: ["rlstep"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -40,6 +42,8 @@ let package = Package(
         .executableTarget(name: "fid", dependencies: ["Shared"], swiftSettings: optimize),
         .executableTarget(name: "train", dependencies: ["Shared"], swiftSettings: optimize),
         .executableTarget(name: "sample", dependencies: ["Shared"], swiftSettings: optimize),
+        .executableTarget(name: "discrim", dependencies: ["Shared"], swiftSettings: optimize),
+        .executableTarget(name: "rlstep", dependencies: ["Shared"], swiftSettings: optimize),
         .testTarget(name: "SharedTests", dependencies: ["Shared", "CZlib"], exclude: ["Golden"]),
     ],
     // Swift 5 language mode: the tools are single-process pipelines whose parallelism lives in

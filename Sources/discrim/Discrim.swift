@@ -1,0 +1,133 @@
+import ArgumentParser
+import Foundation
+import Shared
+
+struct Discrim: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "discrim",
+        abstract: "Train a real-vs-generated discriminator on frozen features; score streams with its logit as `reward`.",
+        discussion: """
+        The head is DRL's class-conditional projection discriminator on encoder features:
+        logit = psi(h) + <h, e(y)> + b(y), h = Linear(feat) to --width (512), or with --head mlp
+        two GELU residual blocks on top. The logit estimates log p_data(x) / p_model(x).
+
+        Examples:
+          discrim train --real real.tzst --fake fake.tzst -o disc.safetensors
+          sample ... --record | embed --encoder enc.safetensors | discrim score --model disc.safetensors --grad --encoder enc.safetensors
+        """,
+        subcommands: [Train.self, Score.self]
+    )
+}
+
+extension Discrim {
+    struct Train: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Fit the head: logistic loss (real = 1, fake = 0), optional R1, Adam, buffered epochs, held-out early stopping.",
+            discussion: """
+            Both inputs are streams with `feat` [B, D] and `y` [B] (and `x` for --r1) from the same
+            encoder (metadata `encoder`). Prints one JSON report (held-out accuracy, AUC, mean logits)
+            on stdout; the checkpoint records the encoder digest and the report.
+            """)
+
+        @Option(name: .customLong("real"), help: "Stream of real samples' features.") var real: String
+        @Option(name: .customLong("fake"), help: "Stream of generated samples' features.") var fake: String
+        @Option(name: [.short, .customLong("output")], help: "Discriminator checkpoint to write (.safetensors).") var output: String
+        @Option(name: .customLong("head"), help: "linear (DRL) or mlp (two GELU residual blocks).") var head = "linear"
+        @Option(name: .customLong("width"), help: "Width of h.") var width = 512
+        @Option(name: .customLong("num-classes"), help: "Classes of the conditional head (default: largest label + 1; 0 = unconditional).") var numClasses: Int?
+        @Option(name: .customLong("r1"), help: "R1 weight gamma: (gamma/2) |grad_x logit(real)|^2 through the encoder.") var r1 = 0.0
+        @Option(name: .customLong("encoder"), help: "Encoder checkpoint for R1 (or `pixels`); must match the features' digest.") var encoder: String?
+        @Option(name: .customLong("lr"), help: "Adam learning rate.") var lr: Float = 1e-4
+        @Option(name: .customLong("batch"), help: "Samples per side per minibatch.") var batch = 256
+        @Option(name: .customLong("buffer-batches"), help: "Minibatch pairs per buffer refresh.") var bufferBatches = 20
+        @Option(name: .customLong("buffer-epochs"), help: "Passes over each buffer.") var bufferEpochs = 10
+        @Option(name: .customLong("max-steps"), help: "Maximum optimizer steps.") var maxSteps = 10_000
+        @Option(name: .customLong("eval-every"), help: "Held-out evaluation period (steps).") var evalEvery = 50
+        @Option(name: .customLong("patience"), help: "Stop after this many evaluations without a better held-out loss.") var patience = 15
+        @Option(name: .customLong("holdout"), help: "Held-out fraction of each side (0: no early stopping).") var holdout = 0.1
+        @Option(name: .customLong("seed"), help: "Seed for initialisation, split and batch order.") var seed: UInt64 = 0
+        @OptionGroup var threads: ThreadOptions
+        @Flag(name: .customLong("quiet"), help: "No evaluation log on stderr.") var quiet = false
+
+        func validate() throws {
+            if head != "linear" && head != "mlp" { throw ValidationError("--head must be linear or mlp") }
+            if width < 1 || batch < 1 || bufferBatches < 1 || bufferEpochs < 1 || maxSteps < 1 || evalEvery < 1 || patience < 1 {
+                throw ValidationError("--width, --batch, --buffer-batches, --buffer-epochs, --max-steps, --eval-every and --patience must be positive")
+            }
+            if !(0..<1).contains(holdout) { throw ValidationError("--holdout must be in [0, 1)") }
+            if !(r1 >= 0) || !r1.isFinite { throw ValidationError("--r1 must be >= 0") }
+            if !(lr > 0) { throw ValidationError("--lr must be positive") }
+        }
+
+        func run() throws {
+            threads.apply()
+            let needImages = r1 > 0
+            let r = try LabelledFeatures.read(TensorStreamReader(path: real), needImages: needImages, requireLabels: numClasses != 0, tool: "discrim train")
+            let f = try LabelledFeatures.read(TensorStreamReader(path: fake), needImages: false, requireLabels: numClasses != 0, tool: "discrim train")
+            guard r.count > 0 else { throw ToolError("\(real) holds no samples") }
+            guard f.count > 0 else { throw ToolError("\(fake) holds no samples") }
+            guard r.dim == f.dim else { throw ToolError("real features have d = \(r.dim), fake features d = \(f.dim)") }
+            guard let enc = r.encoder else { throw ToolError("\(real) names no `encoder` in its metadata; features must say which encoder made them") }
+            guard f.encoder == enc else { throw ToolError("real features come from encoder \(enc) but fake features from \(f.encoder ?? "(not named)")") }
+            let classes = numClasses ?? ((r.labels + f.labels).max().map { $0 + 1 } ?? 0)
+            var encoderModel: FeatureEncoder?
+            if needImages {
+                encoderModel = try Encoders.resolve(digest: enc, path: encoder, inputShape: r.imageShape!)
+                guard encoderModel!.featureDimension == r.dim else { throw ToolError("the encoder makes d = \(encoderModel!.featureDimension) features, the streams hold d = \(r.dim)") }
+            }
+            let h = try ProjectionHead(config: DiscriminatorConfig(head: head, featureDim: r.dim, width: width, numClasses: classes), seed: seed)
+            var o = DiscriminatorTrainOptions()
+            o.lr = lr; o.batch = batch; o.bufferBatches = bufferBatches; o.bufferEpochs = bufferEpochs
+            o.maxSteps = maxSteps; o.evalEvery = evalEvery; o.patience = patience; o.holdout = holdout; o.r1 = r1; o.seed = seed
+            let report = try DiscriminatorTrainer.train(head: h, real: r, fake: f, options: o, encoder: encoderModel) { step, ev in
+                if !quiet { printError(String(format: "discrim train: step %d held-out bce %.4f acc %.4f auc %.4f", step, ev.bce, ev.accuracy, ev.auc)) }
+            }
+            let meta = ["tool": "discrim train", "step": String(report.steps), "report": report.json, "seed": String(seed),
+                        "r1": "\(r1)", "real": real, "fake": fake]
+            try Checkpoint.write(h.checkpointRecord(encoder: enc, metadata: meta), to: output)
+            print(report.json)
+        }
+    }
+
+    struct Score: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Add `reward` (the logit) to every record; --grad adds `reward.grad` = d logit / d x through the encoder.",
+            discussion: "Everything else passes through. Features named with another encoder's digest are refused.")
+
+        @Option(name: .customLong("model"), help: "Discriminator checkpoint.") var model: String
+        @Flag(name: .customLong("grad"), help: "Also write `reward.grad` F32 [B, C, H, W] (needs `x` and the encoder).") var grad = false
+        @Option(name: .customLong("encoder"), help: "Encoder checkpoint (needed for --grad unless the features are pixels).") var encoder: String?
+        @OptionGroup var input: InputOptions
+        @OptionGroup var output: OutputOptions
+        @OptionGroup var threads: ThreadOptions
+
+        func run() throws {
+            threads.apply()
+            let record = try Checkpoint.read(model)
+            let (head, encDigest) = try ProjectionHead.load(from: record, name: model)
+            let digest = try Checkpoint.digest(model)
+            let reader = try input.reader()
+            let writer = try output.writer()
+            var scorer: DiscriminatorScorer?
+            while let r = try reader.read() {
+                if scorer == nil {
+                    var enc: FeatureEncoder?
+                    if encoder != nil || encDigest == "pixels" {
+                        let shape = r["x"].map { Array($0.shape.dropFirst()) }
+                        if let shape {
+                            enc = try Encoders.resolve(digest: encDigest, path: encoder, inputShape: shape)
+                        } else if encoder != nil && encDigest != "pixels" {
+                            enc = try Encoders.resolve(digest: encDigest, path: encoder, inputShape: [])
+                        }
+                        if let e = enc, e.featureDimension != head.config.featureDim {
+                            throw ToolError("the encoder makes d = \(e.featureDimension) features but the discriminator expects d = \(head.config.featureDim)")
+                        }
+                    }
+                    scorer = DiscriminatorScorer(head: head, encoderDigest: encDigest, encoder: enc, digest: digest)
+                }
+                try writer.write(scorer!.score(r, grad: grad))
+            }
+            try writer.finish()
+        }
+    }
+}

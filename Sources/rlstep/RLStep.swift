@@ -1,0 +1,130 @@
+import ArgumentParser
+import Foundation
+import Shared
+
+extension GRPO.AdvantageNorm: ExpressibleByArgument {}
+
+struct RLStep: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rlstep",
+        abstract: "One KL-regularised update round of a flow-matching generator from a buffer of scored rollouts.",
+        discussion: """
+        Reads the buffer (stdin or -i), the current training checkpoint (--model: weights, and
+        AdamW/EMA state when present) and the frozen reference (--ref), runs --epochs passes of
+        --minibatch samples, writes the next checkpoint atomically (--out) and appends one JSON
+        line of metrics (--metrics FILE, default stdout). NaN/Inf anywhere: no checkpoint, exit 1.
+
+          --algo am    Adjoint Matching (DRL stage 2): rollouts from `sample --sampler memoryless-ll
+                       --record`, scored with `discrim score --grad`.
+          --algo grpo  Flow-GRPO: rollouts from any SDE sampler with --record (and --group), scored.
+
+        Example:
+          sample --model cur.safetensors --n 512 --sampler memoryless-ll --record \\
+            | embed --encoder enc.safetensors | discrim score --model disc.safetensors --grad --encoder enc.safetensors \\
+            | rlstep --algo am --model cur.safetensors --ref base.safetensors --out next.safetensors --lambda 10
+        """)
+
+    @Option(name: .customLong("algo"), help: "Objective: am or grpo.") var algo: String
+    @Option(name: .customLong("model"), help: "Current checkpoint (policy; optimizer/EMA state is resumed when present).") var model: String
+    @Option(name: .customLong("ref"), help: "Frozen reference (base) checkpoint.") var ref: String
+    @Option(name: .customLong("out"), help: "Next checkpoint to write.") var out: String
+    @OptionGroup var input: InputOptions
+    @Option(name: .customLong("metrics"), help: "Append the metrics JSON line to this file (default: stdout).") var metrics: String?
+
+    @Option(name: .customLong("epochs"), help: "Passes over the buffer.") var epochs = 1
+    @Option(name: .customLong("minibatch"), help: "Samples per optimizer step.") var minibatch = 64
+    @Option(name: .customLong("lr"), help: "AdamW learning rate.") var lr: Float = 1e-4
+    @Option(name: .customLong("warmup"), help: "Linear warmup steps (on the checkpoint's global optimizer step).") var warmup = 0
+    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay.") var weightDecay: Float = 0
+    @Option(name: .customLong("max-grad-norm"), help: "Global gradient-norm clip (0: none).") var maxGradNorm = 1.0
+    @Option(name: .customLong("ema-decay"), help: "EMA decay of the weights kept in the checkpoint.") var emaDecay: Float = 0.999
+    @Option(name: .customLong("seed"), help: "Seed of minibatch order and timestep subsets (mixed with the checkpoint step).") var seed: UInt64 = 0
+
+    @Option(name: .customLong("lambda"), help: "am: reward weight lambda (KL weight 1/lambda).") var lambda = 10.0
+    @Option(name: .customLong("timestep-fraction"), help: "am: fraction of steps per sample per update.") var timestepFraction = 0.4
+    @Option(name: .customLong("split"), help: "am: stratum boundary in DRL time tau = 1 - t.") var split = 0.6
+    @Option(name: .customLong("clip-quantile"), help: "am: outlier quantile alpha (1: off).") var clipQuantile = 0.9
+    @Option(name: .customLong("clip-rho"), help: "am: outlier threshold EMA rho.") var clipRho = 0.9
+    @Option(name: .customLong("clip-cap"), help: "am: spike cap c.") var clipCap = 5.0
+
+    @Option(name: .customLong("beta"), help: "grpo: KL weight to the reference.") var beta = 0.0
+    @Option(name: .customLong("clip-range"), help: "grpo: PPO clip epsilon.") var clipRange = 1e-4
+    @Option(name: .customLong("adv-norm"), help: "grpo: group, global-std or global.") var advNorm: GRPO.AdvantageNorm = .group
+    @Option(name: .customLong("adv-clip"), help: "grpo: advantage clip.") var advClip = 5.0
+    @Flag(name: .customLong("ratio-norm"), help: "grpo: GRPO-Guard ratio normalisation (algorithms.md 5.4).") var ratioNorm = false
+
+    @OptionGroup var threads: ThreadOptions
+
+    func validate() throws {
+        if algo != "am" && algo != "grpo" { throw ValidationError("--algo must be am or grpo (crd and nft are not implemented yet)") }
+        if epochs < 1 || minibatch < 1 { throw ValidationError("--epochs and --minibatch must be positive") }
+        if !(lr > 0) || warmup < 0 || !(maxGradNorm >= 0) { throw ValidationError("--lr must be positive, --warmup and --max-grad-norm >= 0") }
+        if !(0...1).contains(emaDecay) { throw ValidationError("--ema-decay must be in [0, 1]") }
+        if !lambda.isFinite || !(timestepFraction > 0 && timestepFraction <= 1) { throw ValidationError("--lambda must be finite, --timestep-fraction in (0, 1]") }
+        if !(clipQuantile > 0) || !(0..<1).contains(clipRho) || !(clipCap >= 1) { throw ValidationError("--clip-quantile > 0, --clip-rho in [0, 1), --clip-cap >= 1") }
+        if !(beta >= 0) || !(clipRange > 0) || !(advClip > 0) { throw ValidationError("--beta >= 0, --clip-range > 0, --adv-clip > 0") }
+    }
+
+    func run() throws {
+        threads.apply()
+        let record = try Checkpoint.read(model)
+        guard record.metadata["arch"] != nil else { throw ToolError("\(model) is not a velocity-model checkpoint (no `arch` metadata)") }
+        let net = try VelocityNet.load(from: record)
+        let refRecord = try Checkpoint.read(ref)
+        guard refRecord.metadata["arch"] != nil else { throw ToolError("\(ref) is not a velocity-model checkpoint (no `arch` metadata)") }
+        let reference = try VelocityNet.load(from: refRecord)
+        let digest = try Checkpoint.digest(model), refDigest = try Checkpoint.digest(ref)
+
+        let optimizer = AdamW(net.params, lr: lr, weightDecay: weightDecay)
+        if record.metadata[AdamW.stepKey] != nil { try optimizer.load(from: record) }
+        let ema = EMA(net.params, decay: emaDecay)
+        if record.names.contains(where: { $0.hasPrefix("ema.") }) { try ema.load(from: record) }
+        let step = try TrainingCheckpoint.step(of: record)
+
+        let objective: RLObjective
+        if algo == "am" {
+            var o = AdjointMatching.Options()
+            o.lambda = lambda; o.timestepFraction = timestepFraction; o.split = split
+            o.clipQuantile = clipQuantile; o.clipRho = clipRho; o.clipCap = clipCap
+            objective = AdjointMatching(options: o)
+        } else {
+            var o = GRPO.Options()
+            o.beta = beta; o.clipRange = clipRange; o.advantageNorm = advNorm; o.advantageClip = advClip; o.ratioNorm = ratioNorm
+            objective = GRPO(options: o)
+        }
+        try objective.restore(record.metadata)
+
+        let reader = try input.reader()
+        let buffer = try RolloutBuffer.read(reader, nullLabel: net.config.numClasses)
+        guard buffer.count > 0 else { throw ToolError("\(reader.name) holds no rollouts") }
+        if let m = buffer.metadata["model"], m != digest {
+            ToolMain.warn("rlstep", "the rollouts were sampled by model \(m.prefix(12))..., not by --model \(digest.prefix(12))... (off-policy)")
+        }
+        var o = RLTrainOptions()
+        o.epochs = epochs; o.minibatch = minibatch; o.lr = lr; o.warmup = warmup; o.weightDecay = weightDecay
+        o.maxGradNorm = maxGradNorm; o.emaDecay = emaDecay; o.seed = seed
+        let trainer = RLTrainer(model: net, reference: reference, optimizer: optimizer, ema: ema, step: step, options: o)
+        let m = try trainer.run(objective: objective, buffer: buffer)
+
+        var meta = objective.state()
+        meta["tool"] = "rlstep"
+        meta["rl.algo"] = algo
+        meta["rl.reference"] = refDigest
+        if let bm = buffer.metadata["model"] { meta["rl.buffer_model"] = bm }
+        meta["rl.options"] = algo == "am"
+            ? "epochs=\(epochs) minibatch=\(minibatch) lr=\(lr) warmup=\(warmup) weight_decay=\(weightDecay) max_grad_norm=\(maxGradNorm) ema_decay=\(emaDecay) seed=\(seed) lambda=\(lambda) timestep_fraction=\(timestepFraction) split=\(split) clip_quantile=\(clipQuantile) clip_rho=\(clipRho) clip_cap=\(clipCap)"
+            : "epochs=\(epochs) minibatch=\(minibatch) lr=\(lr) warmup=\(warmup) weight_decay=\(weightDecay) max_grad_norm=\(maxGradNorm) ema_decay=\(emaDecay) seed=\(seed) beta=\(beta) clip_range=\(clipRange) adv_norm=\(advNorm.rawValue) adv_clip=\(advClip) ratio_norm=\(ratioNorm)"
+        let next = TrainingCheckpoint.record(model: net, optimizer: optimizer, ema: ema, step: trainer.step, parentDigest: digest, metadata: meta)
+        try Checkpoint.write(next, to: out)
+
+        let line = RLTrainer.json(m, strings: [("algo", algo), ("model", digest), ("reference", refDigest)]) + "\n"
+        if let metrics {
+            let fd = open(metrics, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw ToolError("cannot open \(metrics): \(String(cString: strerror(errno)))") }
+            defer { close(fd) }
+            _ = line.withCString { write(fd, $0, strlen($0)) }
+        } else {
+            FileHandle.standardOutput.write(line.data(using: .utf8)!)
+        }
+    }
+}
