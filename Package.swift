@@ -10,6 +10,7 @@ let package = Package(
     products: [
         .executable(name: "tensors", targets: ["tensors"]),
         .executable(name: "fid", targets: ["fid"]),
+        .executable(name: "embed", targets: ["embed"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -36,6 +37,7 @@ let package = Package(
         ),
         .executableTarget(name: "tensors", dependencies: ["Shared"], swiftSettings: optimize),
         .executableTarget(name: "fid", dependencies: ["Shared"], swiftSettings: optimize),
+        .executableTarget(name: "embed", dependencies: ["Shared"], swiftSettings: optimize),
         .testTarget(name: "SharedTests", dependencies: ["Shared", "CZlib"], exclude: ["Golden"]),
     ],
     // Swift 5 language mode: the tools are single-process pipelines whose parallelism lives in
