@@ -9,7 +9,7 @@ A checkpoint written by `embed train` loads with `load_state_dict(strict=True)`:
 
 Architecture (metadata "config", JSON): 3x3 convs (padding 1, stride strides[i]), activation
 (GELU with the tanh approximation, or SiLU), optional 2x2 average pool after conv i; global
-average pool; Linear to feature_dim; activation. Those are the features.
+average pool (or flatten(1) with readout "flatten"); Linear to feature_dim; activation. Those are the features.
 """
 
 import json
@@ -36,6 +36,14 @@ class ConvEncoder(nn.Module):
             c = w
         self.pool = list(config["pool"])
         self.act = activation(config["activation"])
+        self.flatten = config.get("readout") == "flatten"
+        if self.flatten:  # spatial size of the last map
+            h, w = config["height"], config["width"]
+            for s, p in zip(config["strides"], config["pool"]):
+                h, w = (h - 1) // s + 1, (w - 1) // s + 1
+                if p:
+                    h, w = h // 2, w // 2
+            c = c * h * w
         self.fc = nn.Linear(c, config["feature_dim"])
         d = config["feature_dim"]
         if config["kind"] == "classifier":
@@ -49,7 +57,7 @@ class ConvEncoder(nn.Module):
             h = self.act(conv(h))
             if pool:
                 h = F.avg_pool2d(h, 2)
-        h = h.mean(dim=(2, 3))
+        h = h.flatten(1) if self.flatten else h.mean(dim=(2, 3))
         return self.act(self.fc(h))
 
 

@@ -4,7 +4,7 @@ import Foundation
 ///
 /// The trunk is a stack of 3x3 convolutions (padding 1, stride `strides[i]`), each followed by the
 /// activation and, where `pool[i]`, a 2x2 average pool; then global average pooling, a Linear to
-/// `feature_dim` and the activation again. Those features are phi(x). On top sits a head that only
+/// `feature_dim` (after global average pooling, or flattening with `readout` "flatten") and the activation again. Those features are phi(x). On top sits a head that only
 /// training uses: a Linear classifier (`kind` "classifier") or a two-layer projection MLP for the
 /// contrastive loss (`kind` "simclr"). PyTorch twin: `benchmarks/torch_encoders.py`.
 public struct EncoderConfig: Codable, Equatable, Sendable {
@@ -21,10 +21,14 @@ public struct EncoderConfig: Codable, Equatable, Sendable {
     public var numClasses: Int
     public var projectionDim: Int
     public var temperature: Double
+    /// How the last conv map becomes a vector: nil or "mean" (global average pool, [C]) or
+    /// "flatten" (PyTorch `flatten(1)`, [C*H*W], keeps the spatial layout).
+    public var readout: String?
 
     public init(kind: String, arch: String = "cnn", channels: Int = 1, height: Int = 28, width: Int = 28,
                 widths: [Int], strides: [Int], pool: [Bool], activation: String, featureDim: Int,
-                numClasses: Int = 0, projectionDim: Int = 0, temperature: Double = 0.2) {
+                numClasses: Int = 0, projectionDim: Int = 0, temperature: Double = 0.2, readout: String? = nil) {
+        self.readout = readout
         self.kind = kind; self.arch = arch; self.channels = channels; self.height = height; self.width = width
         self.widths = widths; self.strides = strides; self.pool = pool; self.activation = activation
         self.featureDim = featureDim; self.numClasses = numClasses; self.projectionDim = projectionDim
@@ -32,7 +36,7 @@ public struct EncoderConfig: Codable, Equatable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case kind, arch, channels, height, width, widths, strides, pool, activation, temperature
+        case kind, arch, channels, height, width, widths, strides, pool, activation, temperature, readout
         case featureDim = "feature_dim", numClasses = "num_classes", projectionDim = "projection_dim"
     }
 
@@ -44,7 +48,7 @@ public struct EncoderConfig: Codable, Equatable, Sendable {
         case "classifier":
             return EncoderConfig(kind: "classifier", channels: channels, height: height, width: width,
                                  widths: [32, 64, 128], strides: [1, 1, 1], pool: [true, true, false],
-                                 activation: "gelu", featureDim: 128, numClasses: numClasses)
+                                 activation: "gelu", featureDim: 128, numClasses: numClasses, readout: "flatten")
         case "simclr":
             return EncoderConfig(kind: "simclr", channels: channels, height: height, width: width,
                                  widths: [32, 64, 128], strides: [1, 2, 2], pool: [false, false, false],
@@ -78,6 +82,7 @@ public struct EncoderConfig: Codable, Equatable, Sendable {
         guard kind == "classifier" || kind == "simclr" else { throw bad("unknown kind `\(kind)` (expected classifier or simclr)") }
         guard arch == "cnn" else { throw bad("unknown arch `\(arch)` (expected cnn)") }
         guard activation == "gelu" || activation == "silu" else { throw bad("unknown activation `\(activation)`") }
+        guard readout == nil || readout == "mean" || readout == "flatten" else { throw bad("unknown readout `\(readout!)` (expected mean or flatten)") }
         guard channels > 0, height > 0, width > 0, channels * height * width <= 1 << 24 else { throw bad("bad image shape") }
         guard !widths.isEmpty, widths.count == strides.count, widths.count == pool.count else { throw bad("widths, strides and pool must have one entry per conv") }
         guard widths.allSatisfy({ $0 > 0 && $0 <= 4096 }), strides.allSatisfy({ $0 == 1 || $0 == 2 }) else { throw bad("bad conv widths or strides") }
@@ -139,6 +144,7 @@ public final class ConvEncoder: FeatureEncoder {
     /// (channels, height, width) after each conv stage (after its pool).
     let stageShapes: [(Int, Int, Int)]
     private var batch = 0
+    let flatten: Bool
 
     /// Samples per forward in `features` / `featureVJP` (see the type's notes).
     public var inferenceChunk = 64
@@ -198,7 +204,8 @@ public final class ConvEncoder: FeatureEncoder {
         self.convActs = acts
         self.pools = pools
         self.stageShapes = shapes
-        fc = Linear(ps, "fc", in: c, out: config.featureDim)
+        flatten = config.readout == "flatten"
+        fc = Linear(ps, "fc", in: flatten ? c * h * w : c, out: config.featureDim)
         fcAct = Activation(config.activation)
         if config.kind == "classifier" {
             head = Linear(ps, "head", in: config.featureDim, out: config.numClasses)
@@ -274,7 +281,7 @@ public final class ConvEncoder: FeatureEncoder {
             h = UnsafePointer(a)
             (c, hh, ww) = stageShapes[i]
         }
-        let g = gap.forward(h, batch: batch, channels: c, spatial: hh * ww)
+        let g = flatten ? h : UnsafePointer(gap.forward(h, batch: batch, channels: c, spatial: hh * ww))
         let f = fc.forward(g, rows: batch)
         return fcAct.forward(f, count: batch * config.featureDim)
     }
@@ -285,7 +292,7 @@ public final class ConvEncoder: FeatureEncoder {
     public func backward(_ dFeatures: UnsafePointer<Float>, paramGrads: Bool = true, inputGrad: Bool = true) -> UnsafeMutablePointer<Float> {
         var d = fcAct.backward(dFeatures)
         d = fc.backward(d, paramGrads: paramGrads)
-        d = gap.backward(d)
+        if !flatten { d = gap.backward(d) }
         for i in convs.indices.reversed() {
             if let p = pools[i] { d = p.backward(d) }
             d = convActs[i].backward(d)
