@@ -6,13 +6,16 @@
 Swift is timed end to end as a user runs it (process start, reading and decompressing the
 stream, features, compressing and writing the output). PyTorch is timed on the forward passes
 only (torch.inference_mode, the stream already decoded into one tensor, batches of --batch), which
-favours PyTorch. Both use --threads threads. Features must agree to 1e-4 (max abs difference).
+favours PyTorch. Both use --threads threads. Besides images/s (wall clock, best of --repeats) it
+reports CPU time per image (user + system; for Swift the whole process), which is the steadier
+figure on a machine shared with other jobs. Features must agree to 1e-4 (max abs difference).
 """
 
 import argparse
 import io
 import json
 import os
+import resource
 import struct
 import subprocess
 import sys
@@ -61,24 +64,29 @@ def main():
 
     # Swift, end to end
     out = tempfile.NamedTemporaryFile(suffix=".tzst", delete=False).name
-    swift_times = []
+    swift_times, swift_cpu = [], []
     for _ in range(args.repeats):
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run([args.embed, "--encoder", args.encoder, "--threads", str(args.threads), "-i", args.data, "-o", out, "--quiet"], check=True)
         swift_times.append(time.perf_counter() - t0)
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        swift_cpu.append(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime)
     feats = np.concatenate([r["feat"] for r, _ in read_stream(out)])
     os.unlink(out)
 
     # PyTorch, forward only
     enc = load_encoder(args.encoder)
     xt = torch.from_numpy(x)
-    torch_times = []
+    torch_times, torch_cpu = [], []
     with torch.inference_mode():
         enc(xt[: args.batch])  # warm-up
         for _ in range(args.repeats):
+            c0 = time.process_time()
             t0 = time.perf_counter()
             parts = [enc(xt[i:i + args.batch]) for i in range(0, n, args.batch)]
             torch_times.append(time.perf_counter() - t0)
+            torch_cpu.append(time.process_time() - c0)
     ref = torch.cat(parts).numpy()
     diff = float(np.abs(ref - feats).max())
     swift_ips = n / min(swift_times)
@@ -87,6 +95,8 @@ def main():
         "encoder": os.path.basename(args.encoder), "kind": enc.config["kind"], "images": n, "threads": args.threads,
         "swift_images_per_s": round(swift_ips, 1), "torch_images_per_s": round(torch_ips, 1),
         "speedup": round(swift_ips / torch_ips, 2), "max_abs_feature_diff": diff,
+        "swift_cpu_ms_per_image": round(1000 * min(swift_cpu) / n, 4), "torch_cpu_ms_per_image": round(1000 * min(torch_cpu) / n, 4),
+        "cpu_speedup": round(min(torch_cpu) / min(swift_cpu), 2),
         "torch": torch.__version__, "agree_1e-4": diff <= 1e-4,
     }
     if args.json:
@@ -94,7 +104,8 @@ def main():
     else:
         print(f"{result['encoder']} ({result['kind']}), {n} images, {args.threads} threads:"
               f" embed {swift_ips:.0f} img/s (end to end), PyTorch {torch_ips:.0f} img/s (forward only),"
-              f" speedup {swift_ips / torch_ips:.2f}x, max |feat diff| {diff:.2e}")
+              f" speedup {swift_ips / torch_ips:.2f}x; CPU time per image: embed {result['swift_cpu_ms_per_image']} ms,"
+              f" PyTorch {result['torch_cpu_ms_per_image']} ms ({result['cpu_speedup']}x); max |feat diff| {diff:.2e}")
     if diff > 1e-4:
         sys.exit("features disagree beyond 1e-4")
 
