@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "sample", targets: ["sample"]),
         .executable(name: "discrim", targets: ["discrim"]),
         .executable(name: "rlstep", targets: ["rlstep"]),
+        .executable(name: "embed", targets: ["embed"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -44,6 +45,7 @@ let package = Package(
         .executableTarget(name: "sample", dependencies: ["Shared"], swiftSettings: optimize),
         .executableTarget(name: "discrim", dependencies: ["Shared"], swiftSettings: optimize),
         .executableTarget(name: "rlstep", dependencies: ["Shared"], swiftSettings: optimize),
+        .executableTarget(name: "embed", dependencies: ["Shared"], swiftSettings: optimize),
         .testTarget(name: "SharedTests", dependencies: ["Shared", "CZlib"], exclude: ["Golden"]),
     ],
     // Swift 5 language mode: the tools are single-process pipelines whose parallelism lives in

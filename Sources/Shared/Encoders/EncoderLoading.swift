@@ -1,5 +1,5 @@
 /// The single place tools turn an encoder reference into a `FeatureEncoder`, so the trained
-/// encoders (written on another branch) plug in by adding their kinds here.
+/// encoders plug in by adding their kinds here.
 public enum Encoders {
     /// `pixels` (identity features of `inputShape`), or a checkpoint path whose metadata names
     /// its kind. Unknown kinds are refused.
@@ -9,8 +9,17 @@ public enum Encoders {
             return PixelEncoder(inputShape: inputShape)
         }
         let record = try Checkpoint.read(path)
+        // Trained CNN encoders (`embed train`) carry their EncoderConfig as JSON in `config`.
+        if let json = record.metadata["config"], let config = try? EncoderConfig.from(json: json),
+           ["classifier", "simclr"].contains(config.kind) {
+            let enc = try ConvEncoder.load(path: path)
+            if let inputShape, inputShape != enc.inputShape {
+                throw ToolError("encoder \(path) expects images of shape \(enc.inputShape), not \(inputShape)")
+            }
+            return enc
+        }
         let kind = record.metadata["kind"] ?? record.metadata["arch"] ?? "(none)"
-        throw ToolError("\(path): encoder kind `\(kind)` is not known to this build (known: pixels)")
+        throw ToolError("\(path): encoder kind `\(kind)` is not known to this build (known: pixels, classifier, simclr)")
     }
 
     /// The encoder a discriminator was trained with: pixels when its digest is "pixels", else

@@ -80,6 +80,44 @@ public final class Conv2d {
         }
     }
 
+    /// Transposed im2col of samples [s0, s0 + n): c[k, s * P + p] with k in the weight's
+    /// (c, ki, kj) order; each (k, sample, output row) is a shifted run of one input row.
+    private func im2colTransposed(_ x: UnsafePointer<Float>, from s0: Int, count n: Int, into c: UnsafeMutablePointer<Float>) {
+        let ho = outHeight, wo = outWidth, P = ho * wo, C = inChannels, k = kernel
+        let H = height, W = widthIn, nP = n * P
+        for ch in 0..<C {
+            for ki in 0..<k {
+                for kj in 0..<k {
+                    let rowK = c + ((ch * k + ki) * k + kj) * nP
+                    // output columns ow whose input column iw = ow * stride - padding + kj is inside
+                    let lo = max(0, (padding - kj + stride - 1) / stride)
+                    let span = W - 1 + padding - kj
+                    let hi = span < 0 ? 0 : min(wo, span / stride + 1)
+                    for s in 0..<n {
+                        let plane = x + ((s0 + s) * C + ch) * H * W
+                        for oh in 0..<ho {
+                            let dst = rowK + s * P + oh * wo
+                            let ih = oh * stride - padding + ki
+                            // runs are short (a row of the output), so plain loops beat memcpy calls
+                            if ih < 0 || ih >= H || lo >= hi {
+                                for ow in 0..<wo { dst[ow] = 0 }
+                                continue
+                            }
+                            for ow in 0..<lo { dst[ow] = 0 }
+                            for ow in hi..<wo { dst[ow] = 0 }
+                            let src = plane + ih * W - padding + kj
+                            if stride == 1 {
+                                for ow in lo..<hi { dst[ow] = src[ow] }
+                            } else {
+                                for ow in lo..<hi { dst[ow] = src[ow * stride] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     @discardableResult
     public func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int) -> UnsafeMutablePointer<Float> {
         input = x
@@ -96,6 +134,24 @@ public final class Conv2d {
         var s0 = 0
         while s0 < batch {
             let n = min(chunk, batch - s0)
+            if !tokensOut {
+                // NCHW output: columns transposed ([K, n*P], rows are shifted copies of input
+                // planes), one sgemm W [O, K] x cols [K, n*P] = [O, n*P], then contiguous
+                // copies of P floats into [n, O, P]. Cheaper than row im2col + transpose.
+                let nP = n * P
+                let ct = cols.ensure(K * nP)
+                im2colTransposed(x, from: s0, count: n, into: ct)
+                let y = rowsTmp.ensure(O * nP)
+                if let bias {
+                    for ch in 0..<O { (y + ch * nP).update(repeating: bias.value[ch], count: nP) }
+                }
+                BLAS.sgemm(m: O, n: nP, k: K, a: weight.value, b: ct, beta: bias == nil ? 0 : 1, c: y)
+                for s in 0..<n {
+                    for ch in 0..<O { (o + ((s0 + s) * O + ch) * P).update(from: y + ch * nP + s * P, count: P) }
+                }
+                s0 += n
+                continue
+            }
             let c = cols.ensure(n * P * K)
             im2col(x, from: s0, count: n, into: c)
             let rows = n * P

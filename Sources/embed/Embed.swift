@@ -1,0 +1,267 @@
+import ArgumentParser
+import Foundation
+import Shared
+
+struct Embed: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "embed",
+        abstract: "Add encoder features `feat` to every record of a stream; train encoders; linear probes.",
+        discussion: """
+        `embed --encoder E.safetensors` reads a stream whose records carry `x` F32 [B,C,H,W], adds \
+        `feat` F32 [B,D] and metadata `encoder` (the SHA-256 of E), and passes every other tensor and \
+        metadata key through. `--pixels` gives identity features (encoder "pixels").
+
+        Examples:
+          embed --encoder /work/runs/enc-simclr.safetensors -i test.tzst -o test-feat.tzst
+          sample ... | embed --encoder enc.safetensors --threads 1 | discrim score ...
+          embed train --kind classifier -i train.tzst -o enc-classifier.safetensors --steps 3000
+          embed probe --train train-feat.tzst --test test-feat.tzst
+        """,
+        subcommands: [Apply.self, Train.self, Probe.self],
+        defaultSubcommand: Apply.self
+    )
+}
+
+let toolVersion = "0.1"
+
+extension Embed {
+    struct Apply: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "apply",
+            abstract: "Add `feat` to every record (the default subcommand: `embed --encoder E`)."
+        )
+
+        @Option(name: .customLong("encoder"), help: "Encoder checkpoint (.safetensors written by `embed train`).")
+        var encoder: String?
+        @Flag(name: .customLong("pixels"), help: "Identity features: feat = x flattened.")
+        var pixels = false
+        @Option(name: .customLong("chunk"), help: "Samples per forward pass (features do not depend on it).")
+        var chunk = 64
+
+        @OptionGroup var input: InputOptions
+        @OptionGroup var output: OutputOptions
+        @OptionGroup var threads: ThreadOptions
+        @OptionGroup var progress: ProgressOptions
+
+        func validate() throws {
+            if pixels == (encoder != nil) { throw ValidationError("give exactly one of --encoder FILE and --pixels") }
+            if chunk < 1 { throw ValidationError("--chunk must be at least 1") }
+        }
+
+        func run() throws {
+            // Workers run single-threaded GEMMs side by side: small convolutions scale better
+            // across samples than inside one GEMM.
+            BLAS.setThreads(1)
+            var enc: FeatureEncoder?
+            if let encoder {
+                let conv = try ConvEncoder.load(path: encoder)
+                conv.parallelism = threads.count
+                conv.inferenceChunk = chunk
+                enc = conv
+            }
+            let reader = try input.reader()
+            let writer = try output.writer()
+            let bar = Progress(label: "embed", enabled: progress.showProgress)
+            var xbuf = [Float]()
+            while var record = try reader.read() {
+                let x = try record.require("x", by: "embed")
+                guard x.shape.count >= 2 else {
+                    throw ToolError("record \(reader.recordsRead): `x` has shape \(x.shape); expected images [B,C,H,W]")
+                }
+                if enc == nil { enc = PixelEncoder(inputShape: Array(x.shape.dropFirst())) }
+                let e = enc!
+                guard Array(x.shape.dropFirst()) == e.inputShape else {
+                    throw ToolError("record \(reader.recordsRead): `x` has shape \(x.shape) but the encoder expects [B,\(e.inputShape.map(String.init).joined(separator: ","))]")
+                }
+                let b = x.shape[0], D = e.featureDimension
+                if x.dtype == .f32 {
+                    xbuf = try x.withFloats { Array($0) }
+                } else {
+                    xbuf = try x.floats()
+                }
+                if xbuf.contains(where: { !$0.isFinite }) {
+                    throw ToolError("record \(reader.recordsRead): `x` holds NaN or Inf")
+                }
+                var feat = [Float](repeating: 0, count: b * D)
+                if b > 0 {
+                    xbuf.withUnsafeBufferPointer { xp in feat.withUnsafeMutableBufferPointer { e.features(xp.baseAddress!, batch: b, into: $0.baseAddress!) } }
+                }
+                record["feat"] = Tensor(feat, shape: [b, D])
+                record.metadata["encoder"] = e.digest
+                try writer.write(record)
+                bar.advance(b, unit: "images")
+            }
+            try writer.finish()
+        }
+    }
+
+    struct Train: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "train",
+            abstract: "Train an encoder from a data stream of `x` (and `y` for the classifier).",
+            discussion: """
+            --kind classifier: supervised CNN on the labels (features: penultimate layer, 128-d).
+            --kind simclr: contrastive (NT-Xent) on augmented views, no labels (features: 256-d).
+            The checkpoint holds the weights under PyTorch names and metadata `config` (JSON), `kind`,
+            `step`, `seed`, `tool`, `source`. Metrics: one JSON line per --log-every steps.
+            """
+        )
+
+        @Option(name: .customLong("kind"), help: "classifier or simclr.")
+        var kind: String
+        @OptionGroup var input: InputOptions
+        @Option(name: [.short, .customLong("output")], help: "Encoder checkpoint to write.")
+        var output: String
+        @Option(name: .customLong("steps"), help: "Optimizer steps.")
+        var steps = 3000
+        @Option(name: .customLong("batch"), help: "Images per step (SimCLR uses two views of each).")
+        var batch = 128
+        @Option(name: .customLong("lr"), help: "Peak learning rate (AdamW; linear warmup, cosine decay).")
+        var lr: Float = 2e-3
+        @Option(name: .customLong("weight-decay"), help: "AdamW weight decay on weight matrices.")
+        var weightDecay: Float = 1e-4
+        @Option(name: .customLong("warmup"), help: "Warmup steps.")
+        var warmup = 100
+        @Option(name: .customLong("seed"), help: "Seed for the initialisation, minibatches and augmentations.")
+        var seed: UInt64 = 0
+        @Option(name: .customLong("limit"), help: "Use at most this many images (0: all).")
+        var limit = 0
+        @Option(name: .customLong("metrics"), help: "Write metrics as JSON lines to this file.")
+        var metrics: String?
+        @Option(name: .customLong("log-every"), help: "Steps between metric lines.")
+        var logEvery = 50
+        @OptionGroup var threads: ThreadOptions
+        @OptionGroup var progress: ProgressOptions
+
+        func validate() throws {
+            guard EncoderConfig.preset(kind) != nil else { throw ValidationError("--kind must be classifier or simclr") }
+            guard steps >= 1, batch >= 2, lr > 0, lr.isFinite, warmup >= 0, limit >= 0, logEvery >= 1, weightDecay >= 0 else {
+                throw ValidationError("--steps, --batch (>= 2), --lr, --warmup, --limit and --log-every must be positive")
+            }
+        }
+
+        func run() throws {
+            threads.apply()
+            let reader = try input.reader()
+            var images = [Float](), labels = [Int]()
+            var shape: [Int]?
+            var haveLabels = true
+            while let record = try reader.read() {
+                let x = try record.require("x", by: "embed train")
+                guard x.shape.count == 4 else { throw ToolError("`x` has shape \(x.shape); expected images [B,C,H,W]") }
+                if shape == nil { shape = Array(x.shape.dropFirst()) }
+                guard Array(x.shape.dropFirst()) == shape! else { throw ToolError("`x` changes shape from \(shape!) to \(Array(x.shape.dropFirst()))") }
+                let v = try x.floats()
+                if v.contains(where: { !$0.isFinite }) { throw ToolError("`x` holds NaN or Inf") }
+                images += v
+                if let y = record["y"] {
+                    guard y.shape == [x.shape[0]] else { throw ToolError("`y` has shape \(y.shape), expected [\(x.shape[0])]") }
+                    labels += try y.int64s().map { Int($0) }
+                } else {
+                    haveLabels = false
+                }
+                if limit > 0 && images.count >= limit * shape!.reduce(1, *) { break }
+            }
+            guard let shape else { throw ToolError("\(reader.name) holds no images") }
+            let per = shape.reduce(1, *)
+            if limit > 0 && images.count > limit * per {
+                images.removeLast(images.count - limit * per)
+                if haveLabels { labels.removeLast(labels.count - limit) }
+            }
+            if kind == "classifier" && !haveLabels { throw ToolError("--kind classifier needs labels `y` in every record") }
+            let numClasses = haveLabels ? max(2, (labels.max() ?? 0) + 1) : 10
+            guard var config = EncoderConfig.preset(kind, channels: shape[0], height: shape[1], width: shape[2], numClasses: numClasses) else {
+                throw ToolError("unknown kind \(kind)")
+            }
+            config.numClasses = kind == "classifier" ? numClasses : 0
+            let enc = try ConvEncoder(config: config, seed: seed)
+            var opts = EncoderTrainingOptions(steps: steps, batch: batch, lr: lr, seed: seed)
+            opts.weightDecay = weightDecay
+            opts.warmup = min(warmup, steps)
+            opts.logEvery = logEvery
+            var metricsFile: FileHandle?
+            if let metrics {
+                _ = FileManager.default.createFile(atPath: metrics, contents: nil)
+                guard let h = FileHandle(forWritingAtPath: metrics) else { throw ToolError("cannot write \(metrics)") }
+                metricsFile = h
+            }
+            let start = Date()
+            let show = progress.showProgress || !progress.quiet
+            try EncoderTrainer.train(enc, images: images, labels: haveLabels ? labels : nil, options: opts) { entry in
+                metricsFile?.write(Data((entry.json + "\n").utf8))
+                if show { printError("embed train: \(entry.json)") }
+            }
+            try metricsFile?.close()
+            let seconds = Date().timeIntervalSince(start)
+            try enc.save(to: output, metadata: [
+                "tool": "embed train", "version": toolVersion, "step": String(steps), "seed": String(seed),
+                "source": reader.name, "batch": String(batch), "lr": String(lr),
+                "train_images": String(images.count / per), "train_seconds": String(format: "%.1f", seconds),
+            ])
+            if show { printError("embed train: wrote \(output) (sha256 \(enc.digest)) in \(String(format: "%.1f", seconds)) s") }
+        }
+    }
+
+    struct Probe: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "probe",
+            abstract: "Linear-probe accuracy: logistic regression on `feat` of a train stream, evaluated on a test stream.",
+            discussion: "Both streams need `feat` [B,D] and `y` [B] (run `embed` first). Features are standardised with the train split's statistics."
+        )
+
+        @Option(name: .customLong("train"), help: "Feature stream with labels to fit on.")
+        var train: String
+        @Option(name: .customLong("test"), help: "Feature stream with labels to evaluate on.")
+        var test: String
+        @Option(name: .customLong("epochs"), help: "Passes over the train split.")
+        var epochs = 30
+        @Option(name: .customLong("seed"), help: "Seed for the minibatch order.")
+        var seed: UInt64 = 0
+        @Flag(name: .customLong("json"), help: "One JSON object instead of text.")
+        var json = false
+        @OptionGroup var threads: ThreadOptions
+
+        func read(_ path: String) throws -> (feat: [Float], labels: [Int], dim: Int, encoder: String?) {
+            let reader = try TensorStreamReader(path: path)
+            var feat = [Float](), labels = [Int](), dim: Int?
+            var encoder: String?
+            while let r = try reader.read() {
+                let f = try r.require("feat", by: "embed probe"), y = try r.require("y", by: "embed probe")
+                guard f.shape.count == 2, y.shape == [f.shape[0]] else { throw ToolError("\(path): `feat` \(f.shape) and `y` \(y.shape) do not fit [B,D] and [B]") }
+                if dim == nil { dim = f.shape[1] }
+                guard f.shape[1] == dim! else { throw ToolError("\(path): feature dimension changes from \(dim!) to \(f.shape[1])") }
+                let v = try f.floats()
+                if v.contains(where: { !$0.isFinite }) { throw ToolError("\(path): `feat` holds NaN or Inf") }
+                feat += v
+                labels += try y.int64s().map { Int($0) }
+                encoder = r.metadata["encoder"] ?? encoder
+            }
+            guard let dim, !labels.isEmpty else { throw ToolError("\(path) holds no features") }
+            return (feat, labels, dim, encoder)
+        }
+
+        func run() throws {
+            threads.apply()
+            let a = try read(train), b = try read(test)
+            guard a.dim == b.dim else { throw ToolError("feature dimensions differ: \(train) has \(a.dim), \(test) has \(b.dim)") }
+            if let ea = a.encoder, let eb = b.encoder, ea != eb {
+                throw ToolError("\(train) and \(test) come from different encoders (\(ea.prefix(12)) vs \(eb.prefix(12)))")
+            }
+            var probe = LinearProbe()
+            probe.epochs = epochs
+            probe.seed = seed
+            let start = Date()
+            let r = try probe.fit(train: a.feat, trainLabels: a.labels, test: b.feat, testLabels: b.labels, dim: a.dim)
+            let secs = Date().timeIntervalSince(start)
+            if json {
+                print(String(format: "{\"test_accuracy\":%.4f,\"train_accuracy\":%.4f,\"train_loss\":%.4f,\"dim\":%d,\"classes\":%d,\"train_n\":%d,\"test_n\":%d,\"seconds\":%.1f,",
+                             r.testAccuracy, r.trainAccuracy, r.trainLoss, r.dim, r.classes, r.trainCount, r.testCount, secs) + "\"encoder\":\"\(a.encoder ?? "")\"}")
+            } else {
+                print("linear probe (logistic regression, \(epochs) epochs) on d = \(r.dim), \(r.classes) classes")
+                print(String(format: "  train accuracy  %.4f  (n = %d, loss %.4f)", r.trainAccuracy, r.trainCount, r.trainLoss))
+                print(String(format: "  test accuracy   %.4f  (n = %d)", r.testAccuracy, r.testCount))
+                print("  encoder         \(a.encoder ?? "unknown")")
+            }
+        }
+    }
+}

@@ -1,0 +1,2 @@
+import Shared
+ToolMain.run(Embed.self)
