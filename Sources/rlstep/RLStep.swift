@@ -25,9 +25,11 @@ struct RLStep: ParsableCommand {
         """)
 
     @Option(name: .customLong("algo"), help: "Objective: am or grpo.") var algo: String
-    @Option(name: .customLong("model"), help: "Current checkpoint (policy; optimizer/EMA state is resumed when present).") var model: String
+    @Option(name: .customLong("model"), help: "Current policy: an rlstep checkpoint (raw weights, AdamW and EMA resumed) or a base from train (its EMA weights, fresh state).") var model: String
     @Option(name: .customLong("ref"), help: "Frozen reference (base) checkpoint.") var ref: String
     @Option(name: .customLong("out"), help: "Next checkpoint to write.") var out: String
+    @Flag(name: .customLong("raw-start"), help: "Start a base (non-rlstep) --model from its raw weights, not its EMA.") var rawStart = false
+    @Flag(name: .customLong("ref-raw"), help: "Use the reference's raw weights, not its EMA (the default, as `sample` draws).") var refRaw = false
     @OptionGroup var input: InputOptions
     @Option(name: .customLong("metrics"), help: "Append the metrics JSON line to this file (default: stdout).") var metrics: String?
 
@@ -69,16 +71,21 @@ struct RLStep: ParsableCommand {
         threads.apply()
         let record = try Checkpoint.read(model)
         guard record.metadata["arch"] != nil else { throw ToolError("\(model) is not a velocity-model checkpoint (no `arch` metadata)") }
-        let net = try VelocityNet.load(from: record)
+        // A checkpoint rlstep did not write (a `train` base) starts the policy from the weights
+        // `sample` draws by default (its EMA), with fresh optimizer and EMA state; an rlstep
+        // checkpoint resumes its raw weights, AdamW moments and EMA.
+        let hasEMA = { (r: Record) in r.names.contains(where: { $0.hasPrefix("ema.") }) }
+        let continuing = record.metadata["rl.algo"] != nil
+        let net = try VelocityNet.load(from: record, ema: !continuing && hasEMA(record) && !rawStart)
         let refRecord = try Checkpoint.read(ref)
         guard refRecord.metadata["arch"] != nil else { throw ToolError("\(ref) is not a velocity-model checkpoint (no `arch` metadata)") }
-        let reference = try VelocityNet.load(from: refRecord)
+        let reference = try VelocityNet.load(from: refRecord, ema: hasEMA(refRecord) && !refRaw)
         let digest = try Checkpoint.digest(model), refDigest = try Checkpoint.digest(ref)
 
         let optimizer = AdamW(net.params, lr: lr, weightDecay: weightDecay)
-        if record.metadata[AdamW.stepKey] != nil { try optimizer.load(from: record) }
+        if continuing && record.metadata[AdamW.stepKey] != nil { try optimizer.load(from: record) }
         let ema = EMA(net.params, decay: emaDecay)
-        if record.names.contains(where: { $0.hasPrefix("ema.") }) { try ema.load(from: record) }
+        if continuing && hasEMA(record) { try ema.load(from: record) }
         let step = try TrainingCheckpoint.step(of: record)
 
         let objective: RLObjective

@@ -92,6 +92,36 @@ final class RLToolTests: XCTestCase {
         XCTAssertTrue(String(decoding: try readFile(f.dir + "/m.jsonl"), as: UTF8.self).contains("\"step_start\":4"))
     }
 
+    /// A `train` checkpoint (EMA and optimizer state, no `rl.algo`) starts the policy from its EMA
+    /// weights with fresh state, and the reference is its EMA too (what `sample` draws by default);
+    /// `--raw-start` takes the raw weights instead.
+    func testBaseCheckpointStartsFromItsEMAWeights() throws {
+        let f = try files()
+        let net = try VelocityNet.load(path: f.model)
+        let ema = EMA(net.params, decay: 0.9)
+        let emaValues = net.params.all.map(\.values)
+        for p in net.params.all { p.values = p.values.map { $0 + 0.25 } }   // raw != EMA
+        let optimizer = AdamW(net.params, lr: 1e-3)
+        let base = f.dir + "/trained.safetensors"
+        try TrainingCheckpoint.save(to: base, model: net, optimizer: optimizer, ema: ema, step: 40)
+        var g = f
+        g.model = base; g.ref = base
+        let buf = try buffer(model: base, kind: .memorylessLL)
+        // lr tiny: the written raw weights are the starting weights to ~1e-12
+        for (flag, expected) in [([String](), emaValues), (["--raw-start"], net.params.all.map(\.values))] {
+            let out = f.dir + "/start.safetensors"
+            let r = try rlstep(g, algo: "am", stdin: buf, out: out, extra: ["--lr", "1e-12"] + flag)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let next = try Checkpoint.read(out)
+            XCTAssertEqual(next.metadata["optim.step"], "4", "fresh optimizer: 16 samples / minibatch 4")
+            for (p, want) in zip(net.params.all, expected) {
+                let got = try next[p.name]!.floats()
+                let err = zip(got, want).map { abs($0 - $1) }.max() ?? 0
+                XCTAssertLessThan(err, 1e-6, "\(flag) \(p.name)")
+            }
+        }
+    }
+
     func testGRPORoundReportsRatioStatistics() throws {
         let f = try files()
         for extra in [["--beta", "0.1"], ["--ratio-norm", "--adv-norm", "global-std"]] {
