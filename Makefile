@@ -3,7 +3,7 @@
 
 SWIFT ?= swift
 APT_PACKAGES := pkg-config libopenblas-dev libzstd-dev libpng-dev zlib1g-dev zstd
-DEMO_PACKAGES := dataset-fashion-mnist gnuplot-nox
+DEMO_PACKAGES := dataset-fashion-mnist gnuplot-nox jq
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps demo-deps build test demo clean

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# DRL: stage 1 trains the discriminator once against the base model's samples; stage 2 runs
+# rounds of   sample --record | discrim score [--grad] | rlstep   with an evaluation every few.
+#   RUN=runs/demo bash pipelines/drl.sh                     (after pretrain.sh)
+#   RUN=runs/demo NAME=drl-l5 LAMBDA=5 ROUNDS=40 bash pipelines/drl.sh
+#   RUN=runs/demo NAME=grpo ALGO=grpo SAMPLER=precise STEPS=10 bash pipelines/drl.sh
+# Everything lands in $RUN/$NAME: rounds/NNNN.safetensors (one checkpoint per round, written
+# atomically by rlstep), rl-metrics.jsonl (rlstep's line per round), rounds.tsv (wall-clock per
+# round), and rows of $RUN/results.tsv from evaluate.sh. A killed run resumes at the last
+# complete round when started again with the same settings.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+RUN=${RUN:-runs/demo}
+THREADS=${THREADS:-2}
+SEED=${SEED:-0}
+BASE=${BASE:-$RUN/base.safetensors}
+ENC_DISC=${ENC_DISC:-$RUN/enc-disc.safetensors}
+# Stage 1: the discriminator (a class-conditional projection head on frozen features).
+DISC_FAKE=${DISC_FAKE:-10000}          # base-model samples it sees
+DISC_REAL=${DISC_REAL:-10000}          # training images it sees
+DISC_SAMPLER=${DISC_SAMPLER:-euler}    # how the base model's fakes are drawn
+DISC_STEPS=${DISC_STEPS:-50}
+DISC_HEAD=${DISC_HEAD:-linear}
+DISC_MAX_STEPS=${DISC_MAX_STEPS:-3000}  # early stopping on held-out loss usually ends it sooner
+R1=${R1:-0}                            # R1 weight gamma on the real logit's image gradient
+DISC=${DISC:-$RUN/disc-$DISC_HEAD-r1_$R1.safetensors}   # shared by every run on this base
+EMBED=${EMBED:-}                       # a replacement feature stage (a command reading and writing
+                                       # streams), e.g. "python3 examples/pca_embed.py --encoder pca.safetensors";
+                                       # default: embed --encoder $ENC_DISC. Not with am (no reward gradient).
+# Stage 2: RL rounds.
+ALGO=${ALGO:-am}                       # am (adjoint matching, DRL) | grpo (and, when built, crd | nft)
+NAME=${NAME:-drl-$ALGO}
+ROUNDS=${ROUNDS:-20}
+N=${N:-256}                            # rollouts per round
+STEPS=${STEPS:-20}                     # sampler steps of a rollout
+if [ "$ALGO" = am ]; then SAMPLER=${SAMPLER:-memoryless-ll}; else SAMPLER=${SAMPLER:-precise}; fi
+ETA=${ETA:-}                           # empty: the sampler's default (am needs 1)
+GROUP=${GROUP:-16}                     # samples per label per group (grpo, crd, nft)
+LAMBDA=${LAMBDA:-10}                   # am: reward weight (KL weight 1/lambda)
+LR=${LR:-1e-4}
+EPOCHS=${EPOCHS:-2}
+MINIBATCH=${MINIBATCH:-64}
+RL_FLAGS=${RL_FLAGS:-}                 # anything else for rlstep, e.g. "--beta 0.01 --clip-range 1e-3"
+EVAL_EVERY=${EVAL_EVERY:-5}            # evaluate every K rounds (and after the last); 0: never
+RESULTS=${RESULTS:-$RUN/results.tsv}
+export RUN THREADS RESULTS
+
+log() { echo "drl[$NAME]: $*" >&2; }
+for f in "$BASE" "$ENC_DISC" "$RUN/train.tzst"; do
+  [ -s "$f" ] || { echo "drl: $f missing; run pipelines/prepare-data.sh and pipelines/pretrain.sh first" >&2; exit 1; }
+done
+if [ -n "$EMBED" ] && [ "$ALGO" = am ]; then
+  echo "drl: ALGO=am needs the reward's image gradient through a Swift encoder; use EMBED with grpo (or crd, nft)" >&2; exit 2
+fi
+if [ -n "$EMBED" ]; then read -r -a embed_cmd <<<"$EMBED"; else embed_cmd=(embed --encoder "$ENC_DISC" --threads "$THREADS" --quiet); fi
+EXP=$RUN/$NAME
+mkdir -p "$EXP/rounds"
+
+# ---- stage 1: the discriminator, trained once on (data, base samples) and then frozen ----
+if [ ! -s "$DISC" ]; then
+  log "stage 1: $DISC_FAKE base samples vs $DISC_REAL training images, head $DISC_HEAD, R1 $R1"
+  t0=$SECONDS
+  tmp=$(mktemp -d "$RUN/.disc.XXXXXX")
+  sample --model "$BASE" --n "$DISC_FAKE" --sampler "$DISC_SAMPLER" --steps "$DISC_STEPS" --seed $((SEED + 777)) \
+      --threads "$THREADS" --quiet \
+    | "${embed_cmd[@]}" > "$tmp/fake.tzst"
+  tensors head -n "$DISC_REAL" -i "$RUN/train.tzst" | "${embed_cmd[@]}" > "$tmp/real.tzst"
+  r1=(); [ "$R1" != 0 ] && r1=(--r1 "$R1" --encoder "$ENC_DISC")
+  discrim train --real "$tmp/real.tzst" --fake "$tmp/fake.tzst" --head "$DISC_HEAD" "${r1[@]}" \
+    --max-steps "$DISC_MAX_STEPS" --seed "$SEED" --threads "$THREADS" --quiet -o "$DISC" > "$DISC.report.json"
+  rm -rf "$tmp"
+  log "  $(( SECONDS - t0 )) s; held-out: $(jq -c '.heldout // .held_out // .' "$DISC.report.json" | head -c 300)"
+fi
+
+# ---- stage 2: rounds ----
+eval_round() {  # $1 = checkpoint, $2 = round
+  [ "$EVAL_EVERY" -gt 0 ] || return 0
+  grep -q "^$NAME	$2	" "$RESULTS" 2>/dev/null && return 0   # already evaluated (resumed run)
+  bash "$here/evaluate.sh" "$1" "$NAME" "$2" >/dev/null
+  log "  eval round $2: $(grep "^$NAME	$2	" "$RESULTS" | cut -f3-6 | tr '\t' ' ') (fd_eval fd_disc kid kid_se)"
+}
+if [ "$EVAL_EVERY" -gt 0 ] && ! grep -q "^base	0	" "$RESULTS" 2>/dev/null; then
+  bash "$here/evaluate.sh" "$BASE" base 0 >/dev/null
+  log "  eval base: $(grep "^base	0	" "$RESULTS" | cut -f3-6 | tr '\t' ' ') (fd_eval fd_disc kid kid_se)"
+fi
+
+score=(discrim score --model "$DISC" --threads "$THREADS")
+[ "$ALGO" = am ] && score+=(--grad --encoder "$ENC_DISC")
+sampling=(--sampler "$SAMPLER" --steps "$STEPS" --record)
+[ -n "$ETA" ] && sampling+=(--eta "$ETA")
+[ "$ALGO" != am ] && sampling+=(--group "$GROUP")
+rlflags=(--lr "$LR" --epochs "$EPOCHS" --minibatch "$MINIBATCH" --seed "$SEED" --threads "$THREADS")
+[ "$ALGO" = am ] && rlflags+=(--lambda "$LAMBDA")
+# shellcheck disable=SC2206
+rlflags+=($RL_FLAGS)
+
+prev=$BASE
+for r in $(seq 1 "$ROUNDS"); do
+  ck=$EXP/rounds/$(printf %04d "$r").safetensors
+  if [ -s "$ck" ]; then prev=$ck; continue; fi
+  weights=(); [ "$prev" != "$BASE" ] && weights=(--no-ema)   # rollouts from the raw policy rlstep trains
+  t0=$SECONDS
+  sample --model "$prev" "${weights[@]}" --n "$N" --offset $(( (r - 1) * N )) --seed "$SEED" "${sampling[@]}" \
+      --threads "$THREADS" --quiet \
+    | if [ -n "$EMBED" ]; then "${embed_cmd[@]}"; else cat; fi \
+    | "${score[@]}" \
+    | rlstep --algo "$ALGO" --model "$prev" --ref "$BASE" --out "$ck" --metrics "$EXP/rl-metrics.jsonl" "${rlflags[@]}"
+  secs=$(( SECONDS - t0 ))
+  [ -s "$EXP/rounds.tsv" ] || printf 'round\tseconds\treward_mean\tloss\n' > "$EXP/rounds.tsv"
+  last=$(tail -n 1 "$EXP/rl-metrics.jsonl")
+  printf '%s\t%s\t%s\t%s\n' "$r" "$secs" "$(jq -r '.reward_mean' <<<"$last")" "$(jq -r '.loss' <<<"$last")" >> "$EXP/rounds.tsv"
+  log "round $r: ${secs}s reward $(jq -r '.reward_mean' <<<"$last") loss $(jq -r '.loss' <<<"$last")"
+  prev=$ck
+  if [ "$EVAL_EVERY" -gt 0 ] && { [ $(( r % EVAL_EVERY )) = 0 ] || [ "$r" = "$ROUNDS" ]; }; then eval_round "$ck" "$r"; fi
+done
+ln -sfn "rounds/$(printf %04d "$ROUNDS").safetensors" "$EXP/final.safetensors"
+log "done: $EXP/final.safetensors"

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Evaluate one model (or a stream of samples) against the held-out test split and append a row to
+# the results table.
+#   RUN=runs/demo bash pipelines/evaluate.sh MODEL.safetensors LABEL [ROUND]
+#   RUN=runs/demo bash pipelines/evaluate.sh samples.tzst LABEL         (any stream with x and y)
+# Metrics: FD in the held-out encoder (enc-eval: DRL never trained against it) and in the
+# discriminator's encoder (enc-disc), KID (x1000, with its standard error) and precision/recall/
+# density/coverage in the held-out space, low-level image statistics (brightness, contrast,
+# whiteness), and a 10x10 grid (column j: class j). The row goes to $RESULTS (TSV, header written once); the full fid
+# reports to $RUN/eval/LABEL-rROUND.{eval,disc}.json.
+set -euo pipefail
+RUN=${RUN:-runs/demo}
+THREADS=${THREADS:-2}
+EVAL_N=${EVAL_N:-5000}                 # samples per evaluation (class-balanced)
+EVAL_SAMPLER=${EVAL_SAMPLER:-euler}    # the deterministic ODE: what a user of the model draws
+EVAL_STEPS=${EVAL_STEPS:-50}
+EVAL_SEED=${EVAL_SEED:-12345}          # fixed: every model is judged on the same noise
+EVAL_WEIGHTS=${EVAL_WEIGHTS:-auto}     # auto (EMA for train checkpoints, raw for rlstep ones) | ema | raw
+RESULTS=${RESULTS:-$RUN/results.tsv}
+KEEP_SAMPLES=${KEEP_SAMPLES:-0}        # 1: keep the generated stream in $RUN/eval
+
+[ $# -ge 2 ] || { echo "usage: evaluate.sh MODEL.safetensors|SAMPLES.tzst LABEL [ROUND]" >&2; exit 2; }
+SRC=$1 LABEL=$2 ROUND=${3:-0}
+[ -s "$SRC" ] || { echo "evaluate: $SRC is missing or empty" >&2; exit 1; }
+OUT=$RUN/eval
+mkdir -p "$OUT"
+tag="$LABEL-r$ROUND"
+rm -rf "$OUT/.tmp-$tag".*   # left by a killed evaluation of the same tag
+tmp=$(mktemp -d "$OUT/.tmp-$tag.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+t0=$SECONDS
+
+# Reference features of the test split in both spaces (x passed through for image statistics).
+for space in eval disc; do
+  if [ ! -s "$RUN/test-$space.tzst" ]; then
+    embed --encoder "$RUN/enc-$space.safetensors" --threads "$THREADS" --quiet -i "$RUN/test.tzst" -o "$RUN/test-$space.tzst"
+  fi
+done
+
+case "$SRC" in
+  *.tzst) samples=$SRC ;;
+  *)
+    weights=()
+    case "$EVAL_WEIGHTS" in
+      raw) weights=(--no-ema) ;;
+      auto) grep -qa '"rl.algo"' <(head -c 1048576 "$SRC") && weights=(--no-ema) ;;
+    esac
+    samples=$tmp/samples.tzst
+    sample --model "$SRC" "${weights[@]}" --n "$EVAL_N" --sampler "$EVAL_SAMPLER" --steps "$EVAL_STEPS" \
+      --seed "$EVAL_SEED" --threads "$THREADS" --quiet -o "$samples"
+    ;;
+esac
+# The first 100 samples (ids 0-99: column j is class j) for grids and side-by-side comparisons:
+# every model is sampled from the same noise, so the same cell compares like with like.
+tensors head -n 100 -i "$samples" -o "$OUT/$tag.first100.tzst"
+tensors to-png --grid 10x10 -i "$OUT/$tag.first100.tzst" -o "$OUT/$tag-grid.png"
+
+embed --encoder "$RUN/enc-eval.safetensors" --threads "$THREADS" --quiet -i "$samples" -o "$tmp/gen-eval.tzst"
+embed --encoder "$RUN/enc-disc.safetensors" --threads "$THREADS" --quiet -i "$samples" -o "$tmp/gen-disc.tzst"
+fid --json --kid --prdc --threads "$THREADS" "$RUN/test-eval.tzst" "$tmp/gen-eval.tzst" > "$tmp/eval.json"
+fid --json --threads "$THREADS" "$RUN/test-disc.tzst" "$tmp/gen-disc.tzst" > "$tmp/disc.json"
+mv "$tmp/eval.json" "$OUT/$tag.eval.json"
+mv "$tmp/disc.json" "$OUT/$tag.disc.json"
+[ "$KEEP_SAMPLES" = 1 ] && [ "$samples" = "$tmp/samples.tzst" ] && mv "$samples" "$OUT/$tag.tzst"
+
+header="label	round	fd_eval	fd_disc	kid_x1000	kid_se_x1000	precision	recall	density	coverage	brightness	contrast	whiteness	eval_seconds"
+[ -s "$RESULTS" ] || echo "$header" > "$RESULTS"
+row=$(jq -r --arg lab "$LABEL" --arg round "$ROUND" --argjson secs $(( SECONDS - t0 )) \
+  --slurpfile disc "$OUT/$tag.disc.json" '
+  def f(d): (. * pow(10; d) | round) / pow(10; d);
+  [$lab, $round, (.fd | f(3)), ($disc[0].fd | f(3)), (.kid.mean * 1000 | f(3)), (.kid.se * 1000 | f(3)),
+   (.prdc.precision | f(4)), (.prdc.recall | f(4)), (.prdc.density | f(4)), (.prdc.coverage | f(4)),
+   (.b.lowlevel.brightness | f(4)), (.b.lowlevel.contrast | f(4)), (.b.lowlevel.whiteness | f(4)), $secs]
+  | map(tostring) | join("\t")' "$OUT/$tag.eval.json")
+echo "$row" >> "$RESULTS"
+echo "$row"

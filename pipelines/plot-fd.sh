@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Plot held-out FD (and FD in the discriminator's space) over RL rounds from a results table.
+#   bash pipelines/plot-fd.sh RESULTS.tsv OUT.png NAME [NAME...]
+# Each NAME is a label in the table's first column; the base model's row (label "base", round 0)
+# starts every curve.
+set -euo pipefail
+[ $# -ge 3 ] || { echo "usage: plot-fd.sh RESULTS.tsv OUT.png NAME [NAME...]" >&2; exit 2; }
+results=$1 out=$2; shift 2
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+plots=()
+for name in "$@"; do
+  { awk -F'\t' '$1 == "base" && $2 == 0 { print $2, $3, $4; exit }' "$results"
+    awk -F'\t' -v n="$name" '$1 == n { print $2, $3, $4 }' "$results" | sort -n -k1,1; } > "$tmp/$name.dat"
+  plots+=("'$tmp/$name.dat' using 1:2 with linespoints title '$name: held-out FD (enc-eval)'")
+  plots+=("'$tmp/$name.dat' using 1:3 axes x1y2 with linespoints dashtype 2 title '$name: FD in enc-disc (right axis)'")
+done
+joined=$(printf '%s, ' "${plots[@]}")
+gnuplot <<EOF
+set terminal pngcairo size 900,520 noenhanced
+set output '$out'
+set title 'DRL on Fashion-MNIST: Frechet distance over RL rounds (round 0 = base model)'
+set xlabel 'RL round'
+set ylabel 'FD, held-out classifier space'
+set y2label 'FD, discriminator (SimCLR) space'
+set ytics nomirror
+set y2tics
+set key outside bottom center horizontal
+set grid
+plot ${joined%, }
+EOF
