@@ -41,6 +41,7 @@ LR=${LR:-1e-4}
 EPOCHS=${EPOCHS:-2}
 MINIBATCH=${MINIBATCH:-64}
 RL_FLAGS=${RL_FLAGS:-}                 # anything else for rlstep, e.g. "--beta 0.01 --clip-range 1e-3"
+BUDGET_SECONDS=${BUDGET_SECONDS:-0}     # >0: start no new round once the rounds took this long (equal wall-clock comparisons)
 EVAL_EVERY=${EVAL_EVERY:-5}            # evaluate every K rounds (and after the last); 0: never
 RESULTS=${RESULTS:-$RUN/results.tsv}
 export RUN THREADS RESULTS
@@ -69,6 +70,7 @@ if [ ! -s "$DISC" ]; then
   discrim train --real "$tmp/real.tzst" --fake "$tmp/fake.tzst" --head "$DISC_HEAD" "${r1[@]}" \
     --max-steps "$DISC_MAX_STEPS" --seed "$SEED" --threads "$THREADS" --quiet -o "$DISC" > "$DISC.report.json"
   rm -rf "$tmp"
+  echo $(( SECONDS - t0 )) > "$DISC.seconds"   # stage 1's wall-clock, for equal-compute baselines
   log "  $(( SECONDS - t0 )) s; held-out: $(jq -c '.heldout // .held_out // .' "$DISC.report.json" | head -c 300)"
 fi
 
@@ -95,9 +97,16 @@ rlflags=(--lr "$LR" --epochs "$EPOCHS" --minibatch "$MINIBATCH" --seed "$SEED" -
 rlflags+=($RL_FLAGS)
 
 prev=$BASE
+last=0
 for r in $(seq 1 "$ROUNDS"); do
   ck=$EXP/rounds/$(printf %04d "$r").safetensors
-  if [ -s "$ck" ]; then prev=$ck; continue; fi
+  if [ -s "$ck" ]; then prev=$ck; last=$r; continue; fi
+  if [ "$BUDGET_SECONDS" -gt 0 ] && [ -s "$EXP/rounds.tsv" ] \
+     && [ "$(awk 'NR > 1 { s += $2 } END { print s + 0 }' "$EXP/rounds.tsv")" -ge "$BUDGET_SECONDS" ]; then
+    log "budget of $BUDGET_SECONDS s spent after $last rounds"
+    eval_round "$prev" "$last"
+    break
+  fi
   weights=(); [ "$prev" != "$BASE" ] && weights=(--no-ema)   # rollouts from the raw policy rlstep trains
   t0=$SECONDS
   sample --model "$prev" "${weights[@]}" --n "$N" --offset $(( (r - 1) * N )) --seed "$SEED" "${sampling[@]}" \
@@ -110,8 +119,8 @@ for r in $(seq 1 "$ROUNDS"); do
   last=$(tail -n 1 "$EXP/rl-metrics.jsonl")
   printf '%s\t%s\t%s\t%s\n' "$r" "$secs" "$(jq -r '.reward_mean' <<<"$last")" "$(jq -r '.loss' <<<"$last")" >> "$EXP/rounds.tsv"
   log "round $r: ${secs}s reward $(jq -r '.reward_mean' <<<"$last") loss $(jq -r '.loss' <<<"$last")"
-  prev=$ck
+  prev=$ck; last=$r
   if [ "$EVAL_EVERY" -gt 0 ] && { [ $(( r % EVAL_EVERY )) = 0 ] || [ "$r" = "$ROUNDS" ]; }; then eval_round "$ck" "$r"; fi
 done
-ln -sfn "rounds/$(printf %04d "$ROUNDS").safetensors" "$EXP/final.safetensors"
+ln -sfn "rounds/$(printf %04d "$last").safetensors" "$EXP/final.safetensors"
 log "done: $EXP/final.safetensors"

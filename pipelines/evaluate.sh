@@ -9,6 +9,7 @@
 # whiteness), and a 10x10 grid (column j: class j). The row goes to $RESULTS (TSV, header written once); the full fid
 # reports to $RUN/eval/LABEL-rROUND.{eval,disc}.json.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 RUN=${RUN:-runs/demo}
 THREADS=${THREADS:-2}
 EVAL_N=${EVAL_N:-5000}                 # samples per evaluation (class-balanced)
@@ -43,7 +44,7 @@ case "$SRC" in
     weights=()
     case "$EVAL_WEIGHTS" in
       raw) weights=(--no-ema) ;;
-      auto) grep -qa '"rl.algo"' <(head -c 1048576 "$SRC") && weights=(--no-ema) ;;
+      auto) [ -n "$(ckpt_meta "$SRC" rl.algo)" ] && weights=(--no-ema) ;;
     esac
     samples=$tmp/samples.tzst
     sample --model "$SRC" "${weights[@]}" --n "$EVAL_N" --sampler "$EVAL_SAMPLER" --steps "$EVAL_STEPS" \

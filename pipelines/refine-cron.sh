@@ -12,6 +12,7 @@
 # Needs $RUN/base.safetensors, the encoders and the discriminator (pretrain.sh, drl.sh stage 1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
 RUN=${RUN:-runs/demo}
 NAME=${NAME:-cron}
 THREADS=${THREADS:-2}
@@ -64,13 +65,13 @@ fi
 
 candidate=$EXP/candidate.safetensors
 cur_digest=$(digest "$current")
-if [ -s "$candidate" ] && [ "$(jq -r '.__metadata__.parent_sha256 // empty' <(tail -c +9 "$candidate" | head -c "$(od -An -tu8 -N8 "$candidate" | tr -d ' ')"))" != "$cur_digest" ]; then
+if [ -s "$candidate" ] && [ "$(ckpt_meta "$candidate" parent_sha256)" != "$cur_digest" ]; then
   rm -f "$candidate"                     # a candidate from another parent: stale
 fi
 next=$(( round + 1 ))
 if [ ! -s "$candidate" ]; then
-  weights=(); grep -qa '"rl.algo"' <(head -c 1048576 "$current") && weights=(--no-ema)
-  sample --model "$current" "${weights[@]}" --n "$N" --offset $(( round * N )) --seed "$SEED" \
+  # shellcheck disable=SC2046
+  sample --model "$current" $(sample_weights "$current") --n "$N" --offset $(( round * N )) --seed "$SEED" \
       --sampler memoryless-ll --steps "$STEPS" --record --threads "$THREADS" --quiet \
     | discrim score --model "$DISC" --grad --encoder "$ENC_DISC" --threads "$THREADS" \
     | rlstep --algo am --model "$current" --ref "$BASE" --out "$candidate" --lambda "$LAMBDA" --lr "$LR" \
