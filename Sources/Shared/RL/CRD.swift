@@ -71,6 +71,7 @@ public final class CRD: ForwardProcessObjective, RLObjective, RLSnapshotHolder {
 
     public func accumulateGradients(_ ctx: RLContext, samples: [Int], rng: inout CounterRNG) throws -> Double {
         let buf = ctx.buffer, B = samples.count, T = common.timesteps
+        frozenAt = 0
         let rows = makeRows(buf, samples: samples, rng: &rng)
         let vOld = old!.net.velocity(rows.x, t: rows.t, y: rows.y)
         let useKL = common.klWeight > 0
@@ -93,7 +94,7 @@ public final class CRD: ForwardProcessObjective, RLObjective, RLSnapshotHolder {
                 var a1 = 0.0, a0 = 0.0
                 if options.adaptiveWeighting {
                     for d in 0..<D { a1 += abs(Double(v[o + d]) - Double(rows.u[o + d])); a0 += abs(Double(vOld[o + d]) - Double(rows.u[o + d])) }
-                    a1 = max(a1 / Dd, 1e-5); a0 = max(a0 / Dd, 1e-5)
+                    a1 = weight(max(a1 / Dd, 1e-5)); a0 = max(a0 / Dd, 1e-5)
                 } else { a1 = 1; a0 = 1 }
                 var s = 0.0, dev = 0.0
                 for d in 0..<D {

@@ -34,6 +34,7 @@ public final class DiffusionNFT: ForwardProcessObjective, RLObjective, RLSnapsho
 
     public func accumulateGradients(_ ctx: RLContext, samples: [Int], rng: inout CounterRNG) throws -> Double {
         let buf = ctx.buffer, B = samples.count, T = common.timesteps
+        frozenAt = 0
         let rows = makeRows(buf, samples: samples, rng: &rng)
         let vOld = old!.net.velocity(rows.x, t: rows.t, y: rows.y)
         let useKL = common.klWeight > 0
@@ -56,7 +57,7 @@ public final class DiffusionNFT: ForwardProcessObjective, RLObjective, RLSnapsho
                     en[d] = xt - t * ((1 + beta) * vo - beta * vt) - x0
                     ap += abs(ep[d]); an += abs(en[d])
                 }
-                let wp = max(ap / Dd, 1e-5), wn = max(an / Dd, 1e-5)
+                let wp = weight(max(ap / Dd, 1e-5)), wn = weight(max(an / Dd, 1e-5))
                 var lp = 0.0, ln = 0.0, kl = 0.0
                 for d in 0..<D { lp += ep[d] * ep[d]; ln += en[d] * en[d] }
                 lp /= wp * Dd; ln /= wn * Dd

@@ -126,6 +126,20 @@ public class ForwardProcessObjective {
     var D = 0
     var advClipped = 0
     var lastOldDecay = Double.nan
+    /// Tests: reuse the self-normalising weights of the first call (they are stop-gradient, so a
+    /// finite-difference check must hold them fixed).
+    var freezeWeights = false
+    var frozen: [Double] = []
+    var frozenAt = 0
+
+    /// A stop-gradient weight: computed, or replayed when frozen.
+    func weight(_ w: Double) -> Double {
+        guard freezeWeights else { return w }
+        defer { frozenAt += 1 }
+        if frozenAt < frozen.count { return frozen[frozenAt] }
+        frozen.append(w)
+        return w
+    }
 
     init(common: Common) { self.common = common }
 
