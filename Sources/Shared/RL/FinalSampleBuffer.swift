@@ -30,7 +30,7 @@ extension RolloutBuffer {
                 for i in 0..<b { let o = (i * s1 + s1 - 1) * D; v += all[o..<(o + D)] }
                 values = v
             } else {
-                throw ToolError("\(tool): \(source) record \(index) has no `x` (the final samples)")
+                throw bad("no `x` (the final samples)")
             }
             if values.contains(where: { !$0.isFinite }) { throw bad("`x` holds NaN or Inf") }
             if first {
