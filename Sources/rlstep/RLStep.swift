@@ -17,6 +17,8 @@ struct RLStep: ParsableCommand {
           --algo am    Adjoint Matching (DRL stage 2): rollouts from `sample --sampler memoryless-ll
                        --record`, scored with `discrim score --grad`.
           --algo grpo  Flow-GRPO: rollouts from any SDE sampler with --record (and --group), scored.
+          --algo crd   Centered Reward Distillation; --algo nft  DiffusionNFT: forward-process, rollouts
+                       of any sampler (`sample --weights sampling --group G`), only x, y, group, reward used.
 
         Example:
           sample --model cur.safetensors --n 512 --sampler memoryless-ll --record \\
@@ -24,7 +26,7 @@ struct RLStep: ParsableCommand {
             | rlstep --algo am --model cur.safetensors --ref base.safetensors --out next.safetensors --lambda 10
         """)
 
-    @Option(name: .customLong("algo"), help: "Objective: am or grpo.") var algo: String
+    @Option(name: .customLong("algo"), help: "Objective: am, grpo, crd or nft.") var algo: String
     @Option(name: .customLong("model"), help: "Current policy: an rlstep checkpoint (raw weights, AdamW and EMA resumed) or a base from train (its EMA weights, fresh state).") var model: String
     @Option(name: .customLong("ref"), help: "Frozen reference (base) checkpoint.") var ref: String
     @Option(name: .customLong("out"), help: "Next checkpoint to write.") var out: String
@@ -52,13 +54,15 @@ struct RLStep: ParsableCommand {
     @Option(name: .customLong("beta"), help: "grpo: KL weight to the reference.") var beta = 0.0
     @Option(name: .customLong("clip-range"), help: "grpo: PPO clip epsilon.") var clipRange = 1e-4
     @Option(name: .customLong("adv-norm"), help: "grpo: group, global-std or global.") var advNorm: GRPO.AdvantageNorm = .group
-    @Option(name: .customLong("adv-clip"), help: "grpo: advantage clip.") var advClip = 5.0
+    @Option(name: .customLong("adv-clip"), help: "grpo/crd/nft: advantage clip.") var advClip = 5.0
     @Flag(name: .customLong("ratio-norm"), help: "grpo: GRPO-Guard ratio normalisation (algorithms.md 5.4).") var ratioNorm = false
 
+    @OptionGroup(title: "crd / nft") var fp: ForwardProcessFlags
     @OptionGroup var threads: ThreadOptions
 
     func validate() throws {
-        if algo != "am" && algo != "grpo" { throw ValidationError("--algo must be am or grpo (crd and nft are not implemented yet)") }
+        if !["am", "grpo", "crd", "nft"].contains(algo) { throw ValidationError("--algo must be am, grpo, crd or nft") }
+        try fp.validate(algo: algo)
         if epochs < 1 || minibatch < 1 { throw ValidationError("--epochs and --minibatch must be positive") }
         if !(lr > 0) || warmup < 0 || !(maxGradNorm >= 0) { throw ValidationError("--lr must be positive, --warmup and --max-grad-norm >= 0") }
         if !(0...1).contains(emaDecay) { throw ValidationError("--ema-decay must be in [0, 1]") }
@@ -94,6 +98,8 @@ struct RLStep: ParsableCommand {
             o.lambda = lambda; o.timestepFraction = timestepFraction; o.split = split
             o.clipQuantile = clipQuantile; o.clipRho = clipRho; o.clipCap = clipCap
             objective = AdjointMatching(options: o)
+        } else if algo == "crd" || algo == "nft" {
+            objective = try fp.objective(algo: algo, advClip: advClip, record: continuing ? record : nil, config: net.config)
         } else {
             var o = GRPO.Options()
             o.beta = beta; o.clipRange = clipRange; o.advantageNorm = advNorm; o.advantageClip = advClip; o.ratioNorm = ratioNorm
@@ -102,7 +108,8 @@ struct RLStep: ParsableCommand {
         try objective.restore(record.metadata)
 
         let reader = try input.reader()
-        let buffer = try RolloutBuffer.read(reader, nullLabel: net.config.numClasses)
+        let buffer = algo == "crd" || algo == "nft" ? try RolloutBuffer.readFinal(reader, nullLabel: net.config.numClasses)
+            : try RolloutBuffer.read(reader, nullLabel: net.config.numClasses)
         guard buffer.count > 0 else { throw ToolError("\(reader.name) holds no rollouts") }
         if let m = buffer.metadata["model"], m != digest {
             ToolMain.warn("rlstep", "the rollouts were sampled by model \(m.prefix(12))..., not by --model \(digest.prefix(12))... (off-policy)")
@@ -118,10 +125,14 @@ struct RLStep: ParsableCommand {
         meta["rl.algo"] = algo
         meta["rl.reference"] = refDigest
         if let bm = buffer.metadata["model"] { meta["rl.buffer_model"] = bm }
-        meta["rl.options"] = algo == "am"
+        let holder = objective as? RLSnapshotHolder
+        if let holder { meta["rl.sampling_weights"] = holder.samplingPrefix }
+        meta["rl.options"] = holder != nil ? "epochs=\(epochs) minibatch=\(minibatch) lr=\(lr) warmup=\(warmup) weight_decay=\(weightDecay) max_grad_norm=\(maxGradNorm) ema_decay=\(emaDecay) seed=\(seed) " + fp.describe(objective)
+            : algo == "am"
             ? "epochs=\(epochs) minibatch=\(minibatch) lr=\(lr) warmup=\(warmup) weight_decay=\(weightDecay) max_grad_norm=\(maxGradNorm) ema_decay=\(emaDecay) seed=\(seed) lambda=\(lambda) timestep_fraction=\(timestepFraction) split=\(split) clip_quantile=\(clipQuantile) clip_rho=\(clipRho) clip_cap=\(clipCap)"
             : "epochs=\(epochs) minibatch=\(minibatch) lr=\(lr) warmup=\(warmup) weight_decay=\(weightDecay) max_grad_norm=\(maxGradNorm) ema_decay=\(emaDecay) seed=\(seed) beta=\(beta) clip_range=\(clipRange) adv_norm=\(advNorm.rawValue) adv_clip=\(advClip) ratio_norm=\(ratioNorm)"
-        let next = TrainingCheckpoint.record(model: net, optimizer: optimizer, ema: ema, step: trainer.step, parentDigest: digest, metadata: meta)
+        var next = TrainingCheckpoint.record(model: net, optimizer: optimizer, ema: ema, step: trainer.step, parentDigest: digest, metadata: meta)
+        for (name, t) in holder?.snapshotTensors ?? [] { next[name] = t }
         try Checkpoint.write(next, to: out)
 
         let line = RLTrainer.json(m, strings: [("algo", algo), ("model", digest), ("reference", refDigest)]) + "\n"

@@ -32,13 +32,28 @@ struct ModelOptions: ParsableArguments {
     @Flag(help: "Use the raw weights, not the EMA weights (checkpoints without EMA weights always use the raw ones).")
     var noEma = false
 
-    /// The network, the checkpoint's SHA-256, which weights were loaded ("ema" or "raw"), the step.
-    func load(preferEMA: Bool? = nil) throws -> (net: VelocityNet, digest: String, weights: String, step: Int) {
+    @Option(help: "Which weights: ema (default when present), raw, or sampling (the rollout snapshot rlstep --algo crd|nft keeps).")
+    var weights: String?
+
+    func validate() throws {
+        if let w = weights, !["ema", "raw", "sampling"].contains(w) { throw ValidationError("--weights must be ema, raw or sampling") }
+        if noEma && weights != nil && weights != "raw" { throw ValidationError("--no-ema conflicts with --weights \(weights!)") }
+    }
+
+    /// The network, the checkpoint's SHA-256, which weights were loaded ("ema", "raw" or "sampling"), the step.
+    func load(preferEMA: Bool? = nil, sampling: Bool? = nil) throws -> (net: VelocityNet, digest: String, weights: String, step: Int) {
         let bytes = try readFile(model)
         let record: Record
         do { record = try RecordCodec.decode(bytes) } catch { throw ToolError("\(model) is not a valid safetensors checkpoint: \(error)") }
+        if sampling ?? (weights == "sampling") {
+            guard let prefix = record.metadata["rl.sampling_weights"] else {
+                throw ToolError("\(model) has no sampling snapshot (metadata `rl.sampling_weights`, written by rlstep --algo crd|nft)")
+            }
+            let net = try VelocityNet.load(from: record, prefix: prefix)
+            return (net, SHA256.hex(bytes), "sampling", try TrainingCheckpoint.step(of: record))
+        }
         let hasEMA = record.names.contains { $0.hasPrefix("ema.") }
-        let useEMA = (preferEMA ?? !noEma) && hasEMA
+        let useEMA = (preferEMA ?? !(noEma || weights == "raw")) && hasEMA
         let net = try VelocityNet.load(from: record, ema: useEMA)
         return (net, SHA256.hex(bytes), useEMA ? "ema" : "raw", try TrainingCheckpoint.step(of: record))
     }
@@ -261,9 +276,9 @@ extension Sample {
             BLAS.setThreads(1)
             while let record = try reader.read() {
                 let preferEMA: Bool = modelOptions.noEma ? false : (record.metadata["weights"] != "raw")
-                let key = preferEMA ? "ema" : "raw"
+                let key = record.metadata["weights"] == "sampling" && !modelOptions.noEma ? "sampling" : (preferEMA ? "ema" : "raw")
                 if loaded[key] == nil {
-                    let m = try modelOptions.load(preferEMA: preferEMA)
+                    let m = try modelOptions.load(preferEMA: preferEMA, sampling: key == "sampling")
                     loaded[key] = (m.net, m.digest)
                 }
                 let (net, digest) = loaded[key]!

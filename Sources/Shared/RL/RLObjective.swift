@@ -38,6 +38,15 @@ public protocol RLObjective: AnyObject {
     /// State for the next round (checkpoint metadata); `restore` reads it back.
     func state() -> [String: String]
     func restore(_ metadata: [String: String]) throws
+    /// Minibatches for one epoch (e.g. whole groups); nil: the trainer shuffles single samples.
+    func minibatches(of samples: [Int], size: Int, rng: inout CounterRNG) -> [[Int]]?
+    /// Called once after the round's last update with the new optimizer step (e.g. snapshot updates).
+    func finishRound(_ ctx: RLContext, step: Int) throws
+}
+
+extension RLObjective {
+    public func minibatches(of samples: [Int], size: Int, rng: inout CounterRNG) -> [[Int]]? { nil }
+    public func finishRound(_ ctx: RLContext, step: Int) throws {}
 }
 
 /// The policy's velocity on a batch of rows with per-row times, through classifier-free guidance

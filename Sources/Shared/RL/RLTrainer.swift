@@ -57,7 +57,8 @@ public final class RLTrainer {
     public func run(objective: RLObjective, buffer: RolloutBuffer) throws -> [(String, Double)] {
         try Self.check(model: model, reference: reference, buffer: buffer)
         guard buffer.count > 0 else { throw ToolError("the rollout buffer is empty") }
-        let sampler = try buffer.sampler()
+        // a buffer of final samples only (forward-process objectives) has no sampler to rebuild
+        let sampler = buffer.steps == 0 ? try Sampler(kind: .euler, times: [1, 0]) : try buffer.sampler()
         let ctx = RLContext(model: model, reference: reference, sampler: sampler, buffer: buffer)
         try objective.prepare(ctx)
         var rng = CounterRNG(seed: options.seed &+ UInt64(startStep) &* 0x9E37_79B9_7F4A_7C15, stream: 0x7157)
@@ -67,11 +68,11 @@ public final class RLTrainer {
         var lastLR = Double(options.lr)
         let mb = max(1, options.minibatch)
         for _ in 0..<options.epochs where !train.isEmpty {
-            let order = DiscriminatorTrainer.shuffled(train.count, &rng).map { train[$0] }
-            var start = 0
-            while start < order.count {
-                let batch = Array(order[start..<min(start + mb, order.count)])
-                start += mb
+            let batches = objective.minibatches(of: train, size: mb, rng: &rng) ?? {
+                let order = DiscriminatorTrainer.shuffled(train.count, &rng).map { train[$0] }
+                return stride(from: 0, to: order.count, by: mb).map { Array(order[$0..<min($0 + mb, order.count)]) }
+            }()
+            for batch in batches {
                 model.params.zeroGrad()
                 let loss = try objective.accumulateGradients(ctx, samples: batch, rng: &rng)
                 guard loss.isFinite else { throw ToolError("the \(objective.name) loss is \(loss) at update \(losses.count + 1); no checkpoint written") }
@@ -91,6 +92,7 @@ public final class RLTrainer {
                 throw ToolError("parameter \(p.name) is NaN or Inf after the update; no checkpoint written")
             }
         }
+        try objective.finishRound(ctx, step: step)
         var m: [(String, Double)] = [("step_start", Double(startStep)), ("step", Double(step)), ("updates", Double(losses.count)),
                                      ("samples", Double(buffer.count)), ("sampler_steps", Double(buffer.steps)), ("lr", lastLR)]
         if let r = buffer.rewards?.map(Double.init) {
