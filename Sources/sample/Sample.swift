@@ -66,13 +66,14 @@ extension Sample {
             discussion: """
             Sample ids run from --offset to --offset + --n - 1. The initial noise of id i is \
             CounterNoise(seed) at (i, stream 0) and the noise of SDE step k at (i, stream k + 1), so a \
-            sample depends only on (checkpoint, sampler settings, seed, id, label), never on batch \
-            or thread count.
+            sample depends only on (checkpoint, sampler settings, seed, id, label), not on how ids are \
+            split into runs (to float rounding when a batch is cut short: see below).
 
             Records are cut at multiples of --batch counted from id 0, not from --offset, and every \
             record is its own zstd frame. So when every shard's --offset is a multiple of --batch, \
             `cat` of the shards is byte for byte the stream of one run over all ids. (Other offsets \
-            give the same samples, cut into records differently.)
+            give the same samples to float rounding, cut into records differently: BLAS may round \
+            a smaller batch differently.)
 
             Labels: by default id i gets label i % num_classes (with --group G: (i / G) % \
             num_classes); --label K gives every sample label K (K = num_classes: unconditional); \
