@@ -95,8 +95,9 @@ final class EncoderTests: XCTestCase {
         }
     }
 
-    /// A sample's features do not depend on the batch it arrives in, the chunk padding, or the
-    /// number of worker threads.
+    /// A sample's features do not depend on the batch it arrives in or the chunk padding (to float
+    /// rounding: OpenBLAS's Haswell sgemm rounds differently for a different row count), nor,
+    /// exactly, on the number of worker threads.
     func testFeaturesBatchAndThreadInvariant() throws {
         let enc = try ConvEncoder(config: EncoderConfig.preset("simclr")!, seed: 7)
         enc.inferenceChunk = 16
@@ -104,7 +105,7 @@ final class EncoderTests: XCTestCase {
         let x = randomImages(37, D, seed: 2)
         let all = enc.features(x, batch: 37)
         let one = enc.features(Array(x[(5 * D)..<(6 * D)]), batch: 1)
-        XCTAssertEqual(Array(all[(5 * F)..<(6 * F)]), one)
+        for (a, b) in zip(all[(5 * F)..<(6 * F)], one) { XCTAssertEqual(a, b, accuracy: 1e-5 * max(1, abs(b))) }
         enc.parallelism = 3
         XCTAssertEqual(enc.features(x, batch: 37), all)
         let g = randomImages(37, F, seed: 3)

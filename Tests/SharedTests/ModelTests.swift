@@ -33,7 +33,8 @@ final class ModelTests: XCTestCase {
         let xs = Array(UnsafeBufferPointer(start: x.pointer, count: B * D))
         let (v, dxv) = net.vjp(xs, t: t, y: y, cotangent: w)
         XCTAssertEqual(net.params.all.map(\.grads), before)
-        for (a, b) in zip(dxv, dx) { XCTAssertEqual(a, b, accuracy: 1e-5 * max(1, abs(b))) }
+        // float rounding only (the helper's GEMMs may be shaped differently): 1e-4 relative
+        for (a, b) in zip(dxv, dx) { XCTAssertEqual(a, b, accuracy: 1e-4 * max(1, abs(b))) }
         let v2 = net.velocity(xs, t: t, y: y)
         XCTAssertEqual(v, v2)
     }
