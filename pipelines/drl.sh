@@ -14,7 +14,7 @@ RUN=${RUN:-runs/demo}
 THREADS=${THREADS:-2}
 SEED=${SEED:-0}
 BASE=${BASE:-$RUN/base.safetensors}
-ENC_DISC=${ENC_DISC:-$RUN/enc-disc.safetensors}
+ENC_DISC=${ENC_DISC:-$RUN/enc-disc.safetensors}   # or "pixels": identity features
 # Stage 1: the discriminator (a class-conditional projection head on frozen features).
 DISC_FAKE=${DISC_FAKE:-10000}          # base-model samples it sees
 DISC_REAL=${DISC_REAL:-10000}          # training images it sees
@@ -47,13 +47,15 @@ RESULTS=${RESULTS:-$RUN/results.tsv}
 export RUN THREADS RESULTS
 
 log() { echo "drl[$NAME]: $*" >&2; }
-for f in "$BASE" "$ENC_DISC" "$RUN/train.tzst"; do
+for f in "$BASE" "$RUN/train.tzst" $([ "$ENC_DISC" = pixels ] || echo "$ENC_DISC"); do
   [ -s "$f" ] || { echo "drl: $f missing; run pipelines/prepare-data.sh and pipelines/pretrain.sh first" >&2; exit 1; }
 done
 if [ -n "$EMBED" ] && [ "$ALGO" = am ]; then
   echo "drl: ALGO=am needs the reward's image gradient through a Swift encoder; use EMBED with grpo (or crd, nft)" >&2; exit 2
 fi
-if [ -n "$EMBED" ]; then read -r -a embed_cmd <<<"$EMBED"; else embed_cmd=(embed --encoder "$ENC_DISC" --threads "$THREADS" --quiet); fi
+if [ -n "$EMBED" ]; then read -r -a embed_cmd <<<"$EMBED"
+elif [ "$ENC_DISC" = pixels ]; then embed_cmd=(embed --pixels --threads "$THREADS" --quiet)
+else embed_cmd=(embed --encoder "$ENC_DISC" --threads "$THREADS" --quiet); fi
 EXP=$RUN/$NAME
 mkdir -p "$EXP/rounds"
 
@@ -62,9 +64,14 @@ if [ ! -s "$DISC" ]; then
   log "stage 1: $DISC_FAKE base samples vs $DISC_REAL training images, head $DISC_HEAD, R1 $R1"
   t0=$SECONDS
   tmp=$(mktemp -d "$RUN/.disc.XXXXXX")
-  sample --model "$BASE" --n "$DISC_FAKE" --sampler "$DISC_SAMPLER" --steps "$DISC_STEPS" --seed $((SEED + 777)) \
-      --threads "$THREADS" --quiet \
-    | "${embed_cmd[@]}" > "$tmp/fake.tzst"
+  # The base model's samples are kept: every discriminator of this base (other spaces, heads, R1)
+  # trains on the same fakes, and sampling them is the slow part for a transformer.
+  fakes=$RUN/base-fakes-$DISC_SAMPLER$DISC_STEPS-n$DISC_FAKE.tzst
+  if [ ! -s "$fakes" ]; then
+    sample --model "$BASE" --n "$DISC_FAKE" --sampler "$DISC_SAMPLER" --steps "$DISC_STEPS" --seed $((SEED + 777)) \
+      --threads "$THREADS" --quiet -o "$fakes"
+  fi
+  "${embed_cmd[@]}" < "$fakes" > "$tmp/fake.tzst"
   tensors head -n "$DISC_REAL" -i "$RUN/train.tzst" | "${embed_cmd[@]}" > "$tmp/real.tzst"
   r1=(); [ "$R1" != 0 ] && r1=(--r1 "$R1" --encoder "$ENC_DISC")
   discrim train --real "$tmp/real.tzst" --fake "$tmp/fake.tzst" --head "$DISC_HEAD" "${r1[@]}" \

@@ -3,8 +3,8 @@
 # the results table.
 #   RUN=runs/demo bash pipelines/evaluate.sh MODEL.safetensors LABEL [ROUND]
 #   RUN=runs/demo bash pipelines/evaluate.sh samples.tzst LABEL         (any stream with x and y)
-# Metrics: FD in the held-out encoder (enc-eval: DRL never trained against it) and in the
-# discriminator's encoder (enc-disc), KID (x1000, with its standard error) and precision/recall/
+# Metrics: FD in the held-out encoder (enc-eval: DRL never trained against it), in the
+# discriminator's encoder (enc-disc) and in pixel space (fd_pixels, last column), KID (x1000, with its standard error) and precision/recall/
 # density/coverage in the held-out space, low-level image statistics (brightness, contrast,
 # whiteness), and a 10x10 grid (column j: class j). The row goes to $RESULTS (TSV, header written once); the full fid
 # reports to $RUN/eval/LABEL-rROUND.{eval,disc}.json.
@@ -60,18 +60,23 @@ embed --encoder "$RUN/enc-eval.safetensors" --threads "$THREADS" --quiet -i "$sa
 embed --encoder "$RUN/enc-disc.safetensors" --threads "$THREADS" --quiet -i "$samples" -o "$tmp/gen-disc.tzst"
 fid --json --kid --prdc --threads "$THREADS" "$RUN/test-eval.tzst" "$tmp/gen-eval.tzst" > "$tmp/eval.json"
 fid --json --threads "$THREADS" "$RUN/test-disc.tzst" "$tmp/gen-disc.tzst" > "$tmp/disc.json"
+# Pixel space too: the space of a pixel discriminator (ENC_DISC=pixels in drl.sh).
+[ -s "$RUN/test-pixels.stats" ] || embed --pixels --threads "$THREADS" --quiet -i "$RUN/test.tzst" | fid stats -o "$RUN/test-pixels.stats" --threads "$THREADS"
+embed --pixels --threads "$THREADS" --quiet -i "$samples" -o "$tmp/gen-pixels.tzst"
+fid --json --threads "$THREADS" "$RUN/test-pixels.stats" "$tmp/gen-pixels.tzst" > "$tmp/pixels.json"
 mv "$tmp/eval.json" "$OUT/$tag.eval.json"
 mv "$tmp/disc.json" "$OUT/$tag.disc.json"
+mv "$tmp/pixels.json" "$OUT/$tag.pixels.json"
 [ "$KEEP_SAMPLES" = 1 ] && [ "$samples" = "$tmp/samples.tzst" ] && mv "$samples" "$OUT/$tag.tzst"
 
-header="label	round	fd_eval	fd_disc	kid_x1000	kid_se_x1000	precision	recall	density	coverage	brightness	contrast	whiteness	eval_seconds"
+header="label	round	fd_eval	fd_disc	kid_x1000	kid_se_x1000	precision	recall	density	coverage	brightness	contrast	whiteness	eval_seconds	fd_pixels"
 [ -s "$RESULTS" ] || echo "$header" > "$RESULTS"
 row=$(jq -r --arg lab "$LABEL" --arg round "$ROUND" --argjson secs $(( SECONDS - t0 )) \
-  --slurpfile disc "$OUT/$tag.disc.json" '
+  --slurpfile disc "$OUT/$tag.disc.json" --slurpfile pix "$OUT/$tag.pixels.json" '
   def f(d): (. * pow(10; d) | round) / pow(10; d);
   [$lab, $round, (.fd | f(3)), ($disc[0].fd | f(3)), (.kid.mean * 1000 | f(3)), (.kid.se * 1000 | f(3)),
    (.prdc.precision | f(4)), (.prdc.recall | f(4)), (.prdc.density | f(4)), (.prdc.coverage | f(4)),
-   (.b.lowlevel.brightness | f(4)), (.b.lowlevel.contrast | f(4)), (.b.lowlevel.whiteness | f(4)), $secs]
+   (.b.lowlevel.brightness | f(4)), (.b.lowlevel.contrast | f(4)), (.b.lowlevel.whiteness | f(4)), $secs, ($pix[0].fd | f(3))]
   | map(tostring) | join("\t")' "$OUT/$tag.eval.json")
 echo "$row" >> "$RESULTS"
 echo "$row"
