@@ -86,11 +86,11 @@ eval_round() {  # $1 = checkpoint, $2 = round
   [ "$EVAL_EVERY" -gt 0 ] || return 0
   grep -q "^$NAME	$2	" "$RESULTS" 2>/dev/null && return 0   # already evaluated (resumed run)
   bash "$here/evaluate.sh" "$1" "$NAME" "$2" >/dev/null
-  log "  eval round $2: $(grep "^$NAME	$2	" "$RESULTS" | cut -f3-6 | tr '\t' ' ') (fd_eval fd_disc kid kid_se)"
+  log "  eval round $2: $(grep "^$NAME	$2	" "$RESULTS" | cut -f3-6 | tr '\t' ' ') (fd_eval fd_simclr kid kid_se)"
 }
 if [ "$EVAL_EVERY" -gt 0 ] && ! grep -q "^base	0	" "$RESULTS" 2>/dev/null; then
   bash "$here/evaluate.sh" "$BASE" base 0 >/dev/null
-  log "  eval base: $(grep "^base	0	" "$RESULTS" | cut -f3-6 | tr '\t' ' ') (fd_eval fd_disc kid kid_se)"
+  log "  eval base: $(grep "^base	0	" "$RESULTS" | cut -f3-6 | tr '\t' ' ') (fd_eval fd_simclr kid kid_se)"
 fi
 
 score=(discrim score --model "$DISC" --threads "$THREADS")

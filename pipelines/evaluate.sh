@@ -33,7 +33,7 @@ t0=$SECONDS
 
 # Reference features of the test split in both spaces (x passed through for image statistics).
 for space in eval disc; do
-  if [ ! -s "$RUN/test-$space.tzst" ]; then
+  if [ ! -s "$RUN/test-$space.tzst" ] && [ -s "$RUN/enc-$space.safetensors" ]; then
     embed --encoder "$RUN/enc-$space.safetensors" --threads "$THREADS" --quiet -i "$RUN/test.tzst" -o "$RUN/test-$space.tzst"
   fi
 done
@@ -57,9 +57,12 @@ tensors head -n 100 -i "$samples" -o "$OUT/$tag.first100.tzst"
 tensors to-png --grid 10x10 -i "$OUT/$tag.first100.tzst" -o "$OUT/$tag-grid.png"
 
 embed --encoder "$RUN/enc-eval.safetensors" --threads "$THREADS" --quiet -i "$samples" -o "$tmp/gen-eval.tzst"
-embed --encoder "$RUN/enc-disc.safetensors" --threads "$THREADS" --quiet -i "$samples" -o "$tmp/gen-disc.tzst"
+# The SimCLR space (enc-disc) is optional: a run whose discriminator works on pixels may skip it.
+have_disc=0; [ -s "$RUN/enc-disc.safetensors" ] && have_disc=1
+[ $have_disc = 1 ] && embed --encoder "$RUN/enc-disc.safetensors" --threads "$THREADS" --quiet -i "$samples" -o "$tmp/gen-disc.tzst"
 fid --json --kid --prdc --threads "$THREADS" "$RUN/test-eval.tzst" "$tmp/gen-eval.tzst" > "$tmp/eval.json"
-fid --json --threads "$THREADS" "$RUN/test-disc.tzst" "$tmp/gen-disc.tzst" > "$tmp/disc.json"
+if [ $have_disc = 1 ]; then fid --json --threads "$THREADS" "$RUN/test-disc.tzst" "$tmp/gen-disc.tzst" > "$tmp/disc.json"
+else echo '{"fd": null}' > "$tmp/disc.json"; fi
 # Pixel space too: the space of a pixel discriminator (ENC_DISC=pixels in drl.sh).
 [ -s "$RUN/test-pixels.stats" ] || embed --pixels --threads "$THREADS" --quiet -i "$RUN/test.tzst" | fid stats -o "$RUN/test-pixels.stats" --threads "$THREADS"
 embed --pixels --threads "$THREADS" --quiet -i "$samples" -o "$tmp/gen-pixels.tzst"
@@ -69,11 +72,11 @@ mv "$tmp/disc.json" "$OUT/$tag.disc.json"
 mv "$tmp/pixels.json" "$OUT/$tag.pixels.json"
 [ "$KEEP_SAMPLES" = 1 ] && [ "$samples" = "$tmp/samples.tzst" ] && mv "$samples" "$OUT/$tag.tzst"
 
-header="label	round	fd_eval	fd_disc	kid_x1000	kid_se_x1000	precision	recall	density	coverage	brightness	contrast	whiteness	eval_seconds	fd_pixels"
+header="label	round	fd_eval	fd_simclr	kid_x1000	kid_se_x1000	precision	recall	density	coverage	brightness	contrast	whiteness	eval_seconds	fd_pixels"
 [ -s "$RESULTS" ] || echo "$header" > "$RESULTS"
 row=$(jq -r --arg lab "$LABEL" --arg round "$ROUND" --argjson secs $(( SECONDS - t0 )) \
   --slurpfile disc "$OUT/$tag.disc.json" --slurpfile pix "$OUT/$tag.pixels.json" '
-  def f(d): (. * pow(10; d) | round) / pow(10; d);
+  def f(d): if . == null then "-" else (. * pow(10; d) | round) / pow(10; d) end;
   [$lab, $round, (.fd | f(3)), ($disc[0].fd | f(3)), (.kid.mean * 1000 | f(3)), (.kid.se * 1000 | f(3)),
    (.prdc.precision | f(4)), (.prdc.recall | f(4)), (.prdc.density | f(4)), (.prdc.coverage | f(4)),
    (.b.lowlevel.brightness | f(4)), (.b.lowlevel.contrast | f(4)), (.b.lowlevel.whiteness | f(4)), $secs, ($pix[0].fd | f(3))]

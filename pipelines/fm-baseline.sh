@@ -43,5 +43,5 @@ for c in $(seq 1 "$CHUNKS"); do
   secs=$(( prev_secs + SECONDS - t0 ))
   printf '%s\t%s\t%s\n' "$c" "$(( c * chunk ))" "$secs" >> "$EXP/chunks.tsv"
   bash "$here/evaluate.sh" "$EXP/cur.safetensors" "$NAME" "$c" >/dev/null
-  echo "fm-baseline: chunk $c: +$(( c * chunk )) steps, ${secs}s: $(grep "^$NAME	$c	" "${RESULTS:-$RUN/results.tsv}" | cut -f3-4 | tr '\t' ' ') (fd_eval fd_disc)" >&2
+  echo "fm-baseline: chunk $c: +$(( c * chunk )) steps, ${secs}s: $(grep "^$NAME	$c	" "${RESULTS:-$RUN/results.tsv}" | cut -f3-4 | tr '\t' ' ') (fd_eval fd_simclr)" >&2
 done

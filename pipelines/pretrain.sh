@@ -14,7 +14,7 @@ set -euo pipefail
 RUN=${RUN:-runs/demo}
 THREADS=${THREADS:-2}
 SEED=${SEED:-0}
-ENC_DISC_KIND=${ENC_DISC_KIND:-simclr}        # simclr | classifier
+ENC_DISC_KIND=${ENC_DISC_KIND:-simclr}        # simclr | classifier | none (a run whose discriminator works on pixels)
 ENC_DISC_STEPS=${ENC_DISC_STEPS:-900}
 ENC_EVAL_KIND=${ENC_EVAL_KIND:-classifier}
 ENC_EVAL_STEPS=${ENC_EVAL_STEPS:-1000}
@@ -30,7 +30,7 @@ log() { echo "pretrain: $*" >&2; }
 mkdir -p "$RUN"
 [ -s "$RUN/train.tzst" ] || { echo "pretrain: $RUN/train.tzst missing; run pipelines/prepare-data.sh first" >&2; exit 1; }
 
-if [ ! -s "$RUN/enc-disc.safetensors" ]; then
+if [ "$ENC_DISC_KIND" != none ] && [ ! -s "$RUN/enc-disc.safetensors" ]; then
   log "discriminator encoder: $ENC_DISC_KIND, $ENC_DISC_STEPS steps"
   t0=$SECONDS
   embed train --kind "$ENC_DISC_KIND" -i "$RUN/train.tzst" -o "$RUN/enc-disc.safetensors" \
@@ -50,7 +50,7 @@ fi
 
 # Reference statistics of the held-out test split in both spaces (cached; fid reads them).
 for space in eval disc; do
-  if [ ! -s "$RUN/test-$space.stats" ]; then
+  if [ -s "$RUN/enc-$space.safetensors" ] && [ ! -s "$RUN/test-$space.stats" ]; then
     embed --encoder "$RUN/enc-$space.safetensors" --threads "$THREADS" -i "$RUN/test.tzst" $QUIET \
       | fid stats -o "$RUN/test-$space.stats" --threads "$THREADS"
   fi
