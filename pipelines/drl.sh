@@ -28,12 +28,16 @@ EMBED=${EMBED:-}                       # a replacement feature stage (a command 
                                        # streams), e.g. "python3 examples/pca_embed.py --encoder pca.safetensors";
                                        # default: embed --encoder $ENC_DISC. Not with am (no reward gradient).
 # Stage 2: RL rounds.
-ALGO=${ALGO:-am}                       # am (adjoint matching, DRL) | grpo (and, when built, crd | nft)
+ALGO=${ALGO:-am}                       # am (adjoint matching, DRL) | grpo | crd | nft
 NAME=${NAME:-drl-$ALGO}
 ROUNDS=${ROUNDS:-20}
 N=${N:-256}                            # rollouts per round
 STEPS=${STEPS:-20}                     # sampler steps of a rollout
-if [ "$ALGO" = am ]; then SAMPLER=${SAMPLER:-memoryless-ll}; else SAMPLER=${SAMPLER:-precise}; fi
+case "$ALGO" in
+  am) SAMPLER=${SAMPLER:-memoryless-ll} ;;
+  grpo) SAMPLER=${SAMPLER:-precise} ;;
+  *) SAMPLER=${SAMPLER:-euler} ;;        # forward-process objectives need only the final images
+esac
 ETA=${ETA:-}                           # empty: the sampler's default (am needs 1)
 GROUP=${GROUP:-16}                     # samples per label per group (grpo, crd, nft)
 LAMBDA=${LAMBDA:-10}                   # am: reward weight (KL weight 1/lambda)
@@ -95,7 +99,8 @@ fi
 
 score=(discrim score --model "$DISC" --threads "$THREADS")
 [ "$ALGO" = am ] && score+=(--grad --encoder "$ENC_DISC")
-sampling=(--sampler "$SAMPLER" --steps "$STEPS" --record)
+sampling=(--sampler "$SAMPLER" --steps "$STEPS")
+case "$ALGO" in am|grpo) sampling+=(--record) ;; esac   # trajectories and log-probs
 [ -n "$ETA" ] && sampling+=(--eta "$ETA")
 [ "$ALGO" != am ] && sampling+=(--group "$GROUP")
 rlflags=(--lr "$LR" --epochs "$EPOCHS" --minibatch "$MINIBATCH" --seed "$SEED" --threads "$THREADS")
@@ -114,7 +119,12 @@ for r in $(seq 1 "$ROUNDS"); do
     eval_round "$prev" "$last"
     break
   fi
-  weights=(); [ "$prev" != "$BASE" ] && weights=(--no-ema)   # rollouts from the raw policy rlstep trains
+  # Rollouts come from the raw policy rlstep trains (am, grpo: on-policy), or from the sampling
+  # snapshot rlstep keeps (crd, nft); the base model's first round from its EMA weights.
+  weights=()
+  if [ "$prev" != "$BASE" ]; then
+    case "$ALGO" in crd|nft) weights=(--weights sampling) ;; *) weights=(--no-ema) ;; esac
+  fi
   t0=$SECONDS
   sample --model "$prev" "${weights[@]}" --n "$N" --offset $(( (r - 1) * N )) --seed "$SEED" "${sampling[@]}" \
       --threads "$THREADS" --quiet \
