@@ -98,7 +98,10 @@ if [ "$EVAL_EVERY" -gt 0 ] && ! grep -q "^base	0	" "$RESULTS" 2>/dev/null; then
 fi
 
 score=(discrim score --model "$DISC" --threads "$THREADS")
-[ "$ALGO" = am ] && score+=(--grad --encoder "$ENC_DISC")
+# discrim recomputes the features from x through the encoder (with --grad, their image gradient
+# too), unless a replacement EMBED stage already added them.
+[ -z "$EMBED" ] && score+=(--encoder "$ENC_DISC")
+[ "$ALGO" = am ] && score+=(--grad)
 sampling=(--sampler "$SAMPLER" --steps "$STEPS")
 case "$ALGO" in am|grpo) sampling+=(--record) ;; esac   # trajectories and log-probs
 [ -n "$ETA" ] && sampling+=(--eta "$ETA")
