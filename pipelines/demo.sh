@@ -18,7 +18,7 @@ export ENC_EVAL_STEPS=${ENC_EVAL_STEPS:-400}
 export BASE_MODEL=${BASE_MODEL:-mlp-small} BASE_STEPS=${BASE_STEPS:-1500}
 export DISC_FAKE=${DISC_FAKE:-5000} DISC_REAL=${DISC_REAL:-5000}
 export NAME=${NAME:-drl} LAMBDA=${LAMBDA:-1} ROUNDS=${ROUNDS:-12} N=${N:-256} EVAL_EVERY=${EVAL_EVERY:-4}
-export EVAL_N=${EVAL_N:-2000}
+export EVAL_N=${EVAL_N:-2000} EVAL_STEPS=${EVAL_STEPS:-50}
 mkdir -p "$RUN"
 start=$SECONDS
 stamp() { echo "demo: $1 done at $(( SECONDS - start )) s" >&2; }
@@ -35,10 +35,12 @@ last=$(awk -F'\t' -v n="$NAME" '$1 == n { r = $2 } END { print r }' "$results")
 bash pipelines/plot-fd.sh "$results" "$RUN/fd-over-rounds.png" "$NAME"
 
 echo
-echo "Before (base model) and after $last DRL rounds; $EVAL_N samples, Euler-50, against the 10,000 test images:"
+echo "Before (base model) and after $last DRL rounds; $EVAL_N samples, Euler-$EVAL_STEPS, against the 10,000 test images:"
 echo
 awk -F'\t' -v n="$NAME" -v r="$last" 'BEGIN { OFS = "\t" } NR == 1 || ($1 == "base" && $2 == 0) || ($1 == n && $2 == r) {
   printf "%-8s %6s %9s %10s %10s %10s %8s %8s %9s %11s\n", $1, $2, $3, $15, $5, $7, $8, $9, $10, $11 }' "$results"
+awk -F'\t' -v n="$NAME" -v r="$last" '$1 == "base" && $2 == 0 { b = $3 } $1 == n && $2 == r { d = $3 }
+  END { if (b > 0) printf "\nheld-out FD: base %.1f -> DRL %.1f (%+.1f%%)\n", b, d, 100 * (d - b) / b }' "$results"
 echo
 echo "fd_eval: FD in the held-out classifier space (the discriminator never saw it); fd_pixels: FD in"
 echo "pixel space, the discriminator's; kid in x1000. Lower is better for FD and KID."
