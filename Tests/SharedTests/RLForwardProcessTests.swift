@@ -135,16 +135,19 @@ final class RLForwardProcessTests: XCTestCase {
         topt.minibatch = 4; topt.lr = 1e-2
         let theta0 = policy.params.all.flatMap { $0.values }
         var thetas: [[Float]] = [], steps: [Int] = []
-        var step = 0
+        // The checkpoint's step counts pretraining too (a base trained for 4000 steps); schedules
+        // count RL optimizer steps only.
+        var step = 4000
         for round in 0..<5 {
             let buf = try buffer(seed: UInt64(10 + round))
             let trainer = RLTrainer(model: policy, reference: reference, optimizer: opt, ema: ema, step: step, options: topt)
             _ = try trainer.run(objective: crd, buffer: buf)
             step = trainer.step
-            steps.append(step)
+            steps.append(opt.stepCount)
             thetas.append(policy.params.all.flatMap { $0.values })
         }
         XCTAssertEqual(steps, [2, 4, 6, 8, 10])
+        XCTAssertEqual(step, 4010)
         for (snap, sched) in [(crd.old!, o.common.oldDecay), (crd.sampling!, o.samplingDecay)] {
             let d = steps.map { sched.value(at: $0) }
             let got = snap.net.params.all.flatMap { $0.values }

@@ -92,7 +92,9 @@ public final class RLTrainer {
                 throw ToolError("parameter \(p.name) is NaN or Inf after the update; no checkpoint written")
             }
         }
-        try objective.finishRound(ctx, step: step)
+        // Snapshot schedules count RL optimizer steps (AdamW's, fresh when RL starts from a `train`
+        // base), not the checkpoint's step, which includes pretraining.
+        try objective.finishRound(ctx, step: optimizer.stepCount)
         var m: [(String, Double)] = [("step_start", Double(startStep)), ("step", Double(step)), ("updates", Double(losses.count)),
                                      ("samples", Double(buffer.count)), ("sampler_steps", Double(buffer.steps)), ("lr", lastLR)]
         if let r = buffer.rewards?.map(Double.init) {
