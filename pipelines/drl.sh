@@ -136,9 +136,9 @@ for r in $(seq 1 "$ROUNDS"); do
     | rlstep --algo "$ALGO" --model "$prev" --ref "$BASE" --out "$ck" --metrics "$EXP/rl-metrics.jsonl" "${rlflags[@]}"
   secs=$(( SECONDS - t0 ))
   [ -s "$EXP/rounds.tsv" ] || printf 'round\tseconds\treward_mean\tloss\n' > "$EXP/rounds.tsv"
-  last=$(tail -n 1 "$EXP/rl-metrics.jsonl")
-  printf '%s\t%s\t%s\t%s\n' "$r" "$secs" "$(jq -r '.reward_mean' <<<"$last")" "$(jq -r '.loss' <<<"$last")" >> "$EXP/rounds.tsv"
-  log "round $r: ${secs}s reward $(jq -r '.reward_mean' <<<"$last") loss $(jq -r '.loss' <<<"$last")"
+  line=$(tail -n 1 "$EXP/rl-metrics.jsonl")
+  printf '%s\t%s\t%s\t%s\n' "$r" "$secs" "$(jq -r '.reward_mean' <<<"$line")" "$(jq -r '.loss' <<<"$line")" >> "$EXP/rounds.tsv"
+  log "round $r: ${secs}s reward $(jq -r '.reward_mean' <<<"$line") loss $(jq -r '.loss' <<<"$line")"
   prev=$ck; last=$r
   if [ "$EVAL_EVERY" -gt 0 ] && { [ $(( r % EVAL_EVERY )) = 0 ] || [ "$r" = "$ROUNDS" ]; }; then eval_round "$ck" "$r"; fi
 done
