@@ -24,6 +24,7 @@ DISC_HEAD=${DISC_HEAD:-linear}
 DISC_MAX_STEPS=${DISC_MAX_STEPS:-3000}  # early stopping on held-out loss usually ends it sooner
 R1=${R1:-0}                            # R1 weight gamma on the real logit's image gradient
 DISC=${DISC:-$RUN/disc-$DISC_HEAD-r1_$R1.safetensors}   # shared by every run on this base
+REWARD=${REWARD:-discrim}              # discrim (the DRL logit) | brightness (a deliberately hackable reward: no stage 1)
 EMBED=${EMBED:-}                       # a replacement feature stage (a command reading and writing
                                        # streams), e.g. "python3 examples/pca_embed.py --encoder pca.safetensors";
                                        # default: embed --encoder $ENC_DISC. Not with am (no reward gradient).
@@ -64,7 +65,7 @@ EXP=$RUN/$NAME
 mkdir -p "$EXP/rounds"
 
 # ---- stage 1: the discriminator, trained once on (data, base samples) and then frozen ----
-if [ ! -s "$DISC" ]; then
+if [ "$REWARD" = discrim ] && [ ! -s "$DISC" ]; then
   log "stage 1: $DISC_FAKE base samples vs $DISC_REAL training images, head $DISC_HEAD, R1 $R1"
   t0=$SECONDS
   tmp=$(mktemp -d "$RUN/.disc.XXXXXX")
@@ -97,10 +98,14 @@ if [ "$EVAL_EVERY" -gt 0 ] && ! grep -q "^base	0	" "$RESULTS" 2>/dev/null; then
   log "  eval base: $(grep "^base	0	" "$RESULTS" | cut -f3-6 | tr '\t' ' ') (fd_eval fd_simclr kid kid_se)"
 fi
 
-score=(discrim score --model "$DISC" --threads "$THREADS")
-# discrim recomputes the features from x through the encoder (with --grad, their image gradient
-# too), unless a replacement EMBED stage already added them.
-[ -z "$EMBED" ] && score+=(--encoder "$ENC_DISC")
+if [ "$REWARD" = brightness ]; then
+  score=(tensors reward --brightness)
+else
+  score=(discrim score --model "$DISC" --threads "$THREADS")
+  # discrim recomputes the features from x through the encoder (with --grad, their image gradient
+  # too), unless a replacement EMBED stage already added them.
+  [ -z "$EMBED" ] && score+=(--encoder "$ENC_DISC")
+fi
 [ "$ALGO" = am ] && score+=(--grad)
 sampling=(--sampler "$SAMPLER" --steps "$STEPS")
 case "$ALGO" in am|grpo) sampling+=(--record) ;; esac   # trajectories and log-probs
