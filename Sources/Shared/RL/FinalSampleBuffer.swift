@@ -41,18 +41,7 @@ extension RolloutBuffer {
                 guard shape == buf.sampleShape else { throw bad("sample shape \(shape) differs from the first record's \(buf.sampleShape)") }
             }
             buf.trajectory += values
-            if let y = r["y"] {
-                guard y.shape == [b] else { throw bad("`y` has shape \(y.shape), expected [\(b)]") }
-                buf.labels += try y.int64s().map { Int($0) }
-            } else {
-                buf.labels += [Int](repeating: nullLabel, count: b)
-            }
-            if let id = r["id"] {
-                guard id.shape == [b] else { throw bad("`id` has shape \(id.shape), expected [\(b)]") }
-                buf.ids += try id.int64s()
-            } else {
-                buf.ids += (0..<b).map { Int64(buf.count + $0) }
-            }
+            try buf.appendLabelsAndIDs(of: r, count: b, nullLabel: nullLabel, bad: bad)
             if let g = r["group"] {
                 guard g.shape == [b] else { throw bad("`group` has shape \(g.shape), expected [\(b)]") }
                 buf.groups = (buf.groups ?? []) + (try g.int64s())

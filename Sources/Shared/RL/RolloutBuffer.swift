@@ -66,18 +66,7 @@ public struct RolloutBuffer {
             let tv = try tx.floats()
             if tv.contains(where: { !$0.isFinite }) { throw bad("`traj.x` holds NaN or Inf") }
             buf.trajectory += tv
-            if let y = r["y"] {
-                guard y.shape == [b] else { throw bad("`y` has shape \(y.shape), expected [\(b)]") }
-                buf.labels += try y.int64s().map { Int($0) }
-            } else {
-                buf.labels += [Int](repeating: nullLabel, count: b)
-            }
-            if let id = r["id"] {
-                guard id.shape == [b] else { throw bad("`id` has shape \(id.shape), expected [\(b)]") }
-                buf.ids += try id.int64s()
-            } else {
-                buf.ids += (0..<b).map { Int64(buf.count + $0) }
-            }
+            try buf.appendLabelsAndIDs(of: r, count: b, nullLabel: nullLabel, bad: bad)
             if let lp = r["traj.logp"] {
                 guard lp.shape == [b, S] else { throw bad("`traj.logp` has shape \(lp.shape), expected [\(b), \(S)]") }
                 let v = try lp.floats()
@@ -131,5 +120,24 @@ public struct RolloutBuffer {
             for d in 0..<D { out[r * D + d] = trajectory[o + d] }
         }
         return out
+    }
+}
+
+extension RolloutBuffer {
+    /// Appends a record's `y` (the null label when absent) and `id` (running indices when absent),
+    /// both [b]; shared by the trajectory and final-sample readers.
+    mutating func appendLabelsAndIDs(of r: Record, count b: Int, nullLabel: Int, bad: (String) -> ToolError) throws {
+        if let y = r["y"] {
+            guard y.shape == [b] else { throw bad("`y` has shape \(y.shape), expected [\(b)]") }
+            labels += try y.int64s().map { Int($0) }
+        } else {
+            labels += [Int](repeating: nullLabel, count: b)
+        }
+        if let id = r["id"] {
+            guard id.shape == [b] else { throw bad("`id` has shape \(id.shape), expected [\(b)]") }
+            ids += try id.int64s()
+        } else {
+            ids += (0..<b).map { Int64(count + $0) }
+        }
     }
 }
