@@ -33,14 +33,9 @@ public final class DiffusionNFT: ForwardProcessObjective, RLObjective, RLSnapsho
     public func prepare(_ ctx: RLContext) throws { try prepareCommon(ctx, algo: "nft") }
 
     public func accumulateGradients(_ ctx: RLContext, samples: [Int], rng: inout CounterRNG) throws -> Double {
-        let buf = ctx.buffer, B = samples.count, T = common.timesteps
-        frozenAt = 0
-        let rows = makeRows(buf, samples: samples, rng: &rng)
-        let vOld = old!.net.velocity(rows.x, t: rows.t, y: rows.y)
-        let useKL = common.klWeight > 0
-        let vRef = useKL ? referenceVelocity(ctx.reference, rows) : []
-        let tv = TrainingVelocity(model: ctx.model, guidance: nil)
-        let v = tv.forward(rows.x, t: rows.t, y: rows.y)
+        let B = samples.count, T = common.timesteps
+        let fwd = forwardMinibatch(ctx, samples: samples, rng: &rng)
+        let (rows, vOld, vRef, useKL, tv, v) = (fwd.rows, fwd.vOld, fwd.vRef, fwd.useKL, fwd.policy, fwd.v)
         var dv = [Float](repeating: 0, count: v.count)
         let beta = options.beta, c = common.advantageClip
         let Dd = Double(D), n = Double(B * T)

@@ -233,6 +233,25 @@ public class ForwardProcessObjective {
         return r
     }
 
+    /// What every forward-process loss needs of one minibatch: its noised rows, the old snapshot's
+    /// and (with a KL weight) the reference's velocities, and the policy's velocity with its graph
+    /// kept for the backward pass.
+    struct MinibatchForward {
+        let rows: Rows, vOld: [Float], vRef: [Float], useKL: Bool
+        let policy: TrainingVelocity, v: [Float]
+    }
+
+    func forwardMinibatch(_ ctx: RLContext, samples: [Int], rng: inout CounterRNG) -> MinibatchForward {
+        frozenAt = 0
+        let rows = makeRows(ctx.buffer, samples: samples, rng: &rng)
+        let vOld = old!.net.velocity(rows.x, t: rows.t, y: rows.y)
+        let useKL = common.klWeight > 0
+        let vRef = useKL ? referenceVelocity(ctx.reference, rows) : []
+        let policy = TrainingVelocity(model: ctx.model, guidance: nil)
+        let v = policy.forward(rows.x, t: rows.t, y: rows.y)
+        return MinibatchForward(rows: rows, vOld: vOld, vRef: vRef, useKL: useKL, policy: policy, v: v)
+    }
+
     /// The reference's velocity, guided with `--kl-cfg` (v_u + w (v_c - v_u)) when w != 1.
     func referenceVelocity(_ ref: VelocityNet, _ rows: Rows) -> [Float] {
         var v = ref.velocity(rows.x, t: rows.t, y: rows.y)
