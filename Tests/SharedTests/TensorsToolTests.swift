@@ -206,4 +206,37 @@ final class TensorsToolTests: XCTestCase {
         XCTAssertEqual(xr.shape, [1, 3, 2, 1])
         XCTAssertEqual(try xr.floats(), [1, -1, -1, -1, -1, 1])  // planar: R plane, G plane, B plane
     }
+
+    func testStatsMatchesTheWholeStreamAcrossRecords() throws {
+        // 10 samples in records of 4, 4, 2: the merged figures equal the direct ones over all values.
+        let input = try sampleStream(10, batch: 4)
+        let all = try TestSupport.readAll(input).flatMap { try $0["x"]!.doubles() }
+        let mean = all.reduce(0, +) / Double(all.count)
+        let std = (all.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(all.count)).squareRoot()
+        let r = try TestSupport.run("tensors", ["stats", "--json", "--tensor", "x", "--tensor", "id"], stdin: input)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = String(decoding: r.stdout, as: UTF8.self).split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.count, 2)
+        let x = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as! [String: Any]
+        XCTAssertEqual(x["tensor"] as? String, "x")
+        XCTAssertEqual(x["count"] as? Int, 40)
+        XCTAssertEqual(x["mean"] as! Double, mean, accuracy: 1e-12)
+        XCTAssertEqual(x["std"] as! Double, std, accuracy: 1e-12)
+        XCTAssertEqual(x["min"] as? Double, all.min())
+        XCTAssertEqual(x["max"] as? Double, all.max())
+        let id = try JSONSerialization.jsonObject(with: Data(lines[1].utf8)) as! [String: Any]
+        XCTAssertEqual(id["mean"] as! Double, 4.5, accuracy: 1e-12)
+        XCTAssertEqual(id["max"] as? Double, 9)
+    }
+
+    func testStatsCountsNonFiniteApartAndRefusesUnknownTensors() throws {
+        let record = Record([("reward", Tensor([1, Float.nan, 3, Float.infinity], shape: [4]))])
+        var s = TensorSummary(name: "reward", dtype: .f32)
+        try s.add(record["reward"]!)
+        XCTAssertEqual(s.count, 2); XCTAssertEqual(s.nonFinite, 2)
+        XCTAssertEqual(s.mean, 2); XCTAssertEqual(s.std, 1)
+        let missing = try TestSupport.run("tensors", ["stats", "--tensor", "reward"], stdin: try sampleStream(3, batch: 3))
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertEqual(missing.stderr, "tensors: error: no tensor `reward` in the stream\n")
+    }
 }

@@ -49,6 +49,8 @@ public struct Tensor: Sendable, Equatable {
         switch dtype {
         case .f64: return reinterpreted(Double.self)
         case .f32: return reinterpreted(Float.self).map { Double($0) }
+        case .i64: return reinterpreted(Int64.self).map { Double($0) }   // exact to 2^53, not Float's 2^24
+        case .i32: return reinterpreted(Int32.self).map { Double($0) }
         default: return try floats().map { Double($0) }
         }
     }
