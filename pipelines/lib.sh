@@ -12,3 +12,20 @@ ckpt_meta() {
 sample_weights() {
   if [ -n "$(ckpt_meta "$1" rl.algo)" ]; then echo --no-ema; fi
 }
+
+# plot_png OUT TITLE XLABEL YLABEL SETTINGS PLOT...: one gnuplot PNG of the given plot clauses;
+# SETTINGS holds any further gnuplot lines (keys, second axis).
+plot_png() {
+  local out=$1 title=$2 xlabel=$3 ylabel=$4 settings=$5; shift 5
+  local joined; joined=$(printf '%s, ' "$@")
+  gnuplot <<EOG
+set terminal pngcairo size 900,520 noenhanced
+set output '$out'
+set title '$title'
+set xlabel '$xlabel'
+set ylabel '$ylabel'
+set grid
+$settings
+plot ${joined%, }
+EOG
+}

@@ -4,6 +4,7 @@
 # Each NAME is a label in the table's first column; the base model's row (label "base", round 0)
 # starts every curve. SECOND=pixels (default) or simclr picks the second space drawn (right axis).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 [ $# -ge 3 ] || { echo "usage: plot-fd.sh RESULTS.tsv OUT.png NAME [NAME...]" >&2; exit 2; }
 results=$1 out=$2; shift 2
 SECOND=${SECOND:-pixels}
@@ -16,17 +17,9 @@ for name in "$@"; do
   plots+=("'$tmp/$name.dat' using 1:2 with linespoints title '$name: held-out FD (enc-eval)'")
   plots+=("'$tmp/$name.dat' using 1:3 axes x1y2 with linespoints dashtype 2 title '$name: FD in $SECOND space (right axis)'")
 done
-joined=$(printf '%s, ' "${plots[@]}")
-gnuplot <<EOF
-set terminal pngcairo size 900,520 noenhanced
-set output '$out'
-set title 'DRL on Fashion-MNIST: Frechet distance over RL rounds (round 0 = base model)'
-set xlabel 'RL round'
-set ylabel 'FD, held-out classifier space'
-set y2label "FD, $SECOND space"
+plot_png "$out" 'DRL on Fashion-MNIST: Frechet distance over RL rounds (round 0 = base model)' \
+  'RL round' 'FD, held-out classifier space' \
+  "set y2label 'FD, $SECOND space'
 set ytics nomirror
 set y2tics
-set key outside bottom center horizontal
-set grid
-plot ${joined%, }
-EOF
+set key outside bottom center horizontal" "${plots[@]}"

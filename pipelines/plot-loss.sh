@@ -2,6 +2,7 @@
 # Plot training loss curves from `train --metrics` JSON lines (gnuplot to PNG).
 #   bash pipelines/plot-loss.sh OUT.png LABEL=metrics.jsonl [LABEL=metrics.jsonl ...]
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 [ $# -ge 2 ] || { echo "usage: plot-loss.sh OUT.png LABEL=metrics.jsonl ..." >&2; exit 2; }
 out=$1; shift
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -13,14 +14,5 @@ for spec in "$@"; do
   jq -r '[.step, .loss] | @tsv' "$file" > "$tmp/$i.dat"
   plots+=("'$tmp/$i.dat' using 1:2 with lines title '$label'")
 done
-joined=$(printf '%s, ' "${plots[@]}")
-gnuplot <<EOG
-set terminal pngcairo size 900,480 noenhanced
-set output '$out'
-set title 'Conditional flow matching on Fashion-MNIST: training loss (minibatch of 128, logged every 50 steps)'
-set xlabel 'optimizer step'
-set ylabel 'velocity MSE'
-set grid
-set key top right
-plot ${joined%, }
-EOG
+plot_png "$out" 'Conditional flow matching on Fashion-MNIST: training loss (minibatch of 128, logged every 50 steps)' \
+  'optimizer step' 'velocity MSE' 'set key top right' "${plots[@]}"
