@@ -19,13 +19,13 @@ CURVE_STEPS=${CURVE_STEPS:-50}
 CURVE_SEED=${CURVE_SEED:-4242}
 [ $# -gt 0 ] || { echo "usage: reward-curve.sh RUN_NAME..." >&2; exit 2; }
 
-score=(discrim score --model "$DISC" --threads "$THREADS")
-[ "$ENC_DISC" = pixels ] && feats=(embed --pixels --quiet) || { feats=(embed --encoder "$ENC_DISC" --threads "$THREADS" --quiet); score+=(--encoder "$ENC_DISC"); }
+# discrim computes the features from x through the encoder itself (as in drl.sh): no embed stage.
+score=(discrim score --model "$DISC" --encoder "$ENC_DISC" --threads "$THREADS")
 ode_reward() {  # $1 = checkpoint -> "mean<TAB>std"
   # shellcheck disable=SC2046
   sample --model "$1" $(sample_weights "$1") --n "$CURVE_N" --sampler euler --steps "$CURVE_STEPS" \
       --seed "$CURVE_SEED" --threads "$THREADS" --quiet \
-    | "${feats[@]}" | "${score[@]}" | tensors stats --json --tensor reward | jq -r '[.mean, .std] | @tsv'
+    | "${score[@]}" | tensors stats --json --tensor reward | jq -r '[.mean, .std] | @tsv'
 }
 
 for name in "$@"; do

@@ -6,7 +6,7 @@ import Foundation
 /// summarised in constant memory and without the cancellation of a plain sum of squares.
 public struct TensorSummary: Equatable {
     public let name: String
-    public private(set) var dtype: DType
+    public let dtype: DType
     public private(set) var count = 0
     public private(set) var mean = 0.0
     private var m2 = 0.0
