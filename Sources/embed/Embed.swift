@@ -16,8 +16,10 @@ struct Embed: ParsableCommand {
           sample ... | embed --encoder enc.safetensors --threads 1 | discrim score ...
           embed train --kind classifier -i train.tzst -o enc-classifier.safetensors --steps 3000
           embed probe --train train-feat.tzst --test test-feat.tzst
+          sample --model m.safetensors --n 2000 | embed classify --encoder enc-classifier.safetensors \\
+                 --report consistency.json > /dev/null
         """,
-        subcommands: [Apply.self, Train.self, Probe.self],
+        subcommands: [Apply.self, Train.self, Probe.self, Classify.self],
         defaultSubcommand: Apply.self
     )
 }
@@ -261,6 +263,91 @@ extension Embed {
                 print(String(format: "  train accuracy  %.4f  (n = %d, loss %.4f)", r.trainAccuracy, r.trainCount, r.trainLoss))
                 print(String(format: "  test accuracy   %.4f  (n = %d)", r.testAccuracy, r.testCount))
                 print("  encoder         \(a.encoder ?? "unknown")")
+            }
+        }
+    }
+
+    struct Classify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "classify",
+            abstract: "Add a classifier encoder's `logits` and predicted class `pred` to every record; report agreement with `y`.",
+            discussion: """
+            Adds `logits` F32 [B,K] and `pred` I64 [B] (the argmax) and passes everything else through. \
+            With --report FILE it also writes one JSON object: n, accuracy (the fraction of samples \
+            whose `pred` equals their `y`: for generated samples, the class consistency of a \
+            class-conditional model), per-class accuracy and counts, and the encoder digest. Needs an \
+            encoder with a classifier head (`embed train --kind classifier`); records without `y` \
+            are passed through but make the report an error.
+            """
+        )
+
+        @Option(name: .customLong("encoder"), help: "Classifier checkpoint (`embed train --kind classifier`).")
+        var encoder: String
+        @Option(name: .customLong("report"), help: "Write the agreement of `pred` with `y` as JSON to this file (atomically).")
+        var report: String?
+        @OptionGroup var input: InputOptions
+        @OptionGroup var output: OutputOptions
+        @OptionGroup var threads: ThreadOptions
+        @OptionGroup var progress: ProgressOptions
+
+        func run() throws {
+            BLAS.setThreads(1)
+            let enc = try ConvEncoder.load(path: encoder)
+            guard enc.head != nil, enc.config.numClasses >= 2 else {
+                throw ToolError("\(encoder) has no classifier head (kind \(enc.config.kind)); train one with `embed train --kind classifier`")
+            }
+            enc.parallelism = threads.count
+            let K = enc.config.numClasses
+            let reader = try input.reader()
+            let writer = try output.writer()
+            let bar = Progress(label: "embed classify", enabled: progress.showProgress)
+            var total = 0, correct = 0
+            var perClassN = [Int](repeating: 0, count: K), perClassCorrect = [Int](repeating: 0, count: K)
+            while var record = try reader.read() {
+                let x = try record.require("x", by: "embed classify")
+                guard Array(x.shape.dropFirst()) == enc.inputShape, x.shape.count == 4 else {
+                    throw ToolError("record \(reader.recordsRead): `x` has shape \(x.shape) but the encoder expects [B,\(enc.inputShape.map(String.init).joined(separator: ","))]")
+                }
+                let b = x.shape[0]
+                let xs = try x.floats()
+                if xs.contains(where: { !$0.isFinite }) { throw ToolError("record \(reader.recordsRead): `x` holds NaN or Inf") }
+                let feat = enc.features(xs, batch: b)
+                let logits = enc.classLogits(features: feat, batch: b)!
+                var pred = [Int64](repeating: 0, count: b)
+                for i in 0..<b {
+                    var best = 0
+                    for k in 1..<K where logits[i * K + k] > logits[i * K + best] { best = k }
+                    pred[i] = Int64(best)
+                }
+                if let y = record["y"] {
+                    guard y.shape == [b] else { throw ToolError("record \(reader.recordsRead): `y` has shape \(y.shape), expected [\(b)]") }
+                    for (i, label) in try y.int64s().enumerated() {
+                        total += 1
+                        let hit = label == pred[i]
+                        if hit { correct += 1 }
+                        if label >= 0 && label < K {
+                            perClassN[Int(label)] += 1
+                            if hit { perClassCorrect[Int(label)] += 1 }
+                        }
+                    }
+                } else if b > 0 && report != nil {
+                    // Refused before the output is finished, so no -o file appears.
+                    throw ToolError("record \(reader.recordsRead): --report needs `y` in every record")
+                }
+                record["logits"] = Tensor(logits, shape: [b, K])
+                record["pred"] = Tensor(pred, shape: [b])
+                record.metadata["classifier"] = enc.digest
+                try writer.write(record)
+                bar.advance(b, unit: "images")
+            }
+            if report != nil && total == 0 { throw ToolError("\(reader.name) holds no samples to report on") }
+            try writer.finish()
+            if let report {
+                func ratio(_ a: Int, _ n: Int) -> String { n == 0 ? "null" : String(format: "%.4f", Double(a) / Double(n)) }
+                let per = (0..<K).map { ratio(perClassCorrect[$0], perClassN[$0]) }.joined(separator: ",")
+                let counts = perClassN.map(String.init).joined(separator: ",")
+                let json = "{\"n\":\(total),\"accuracy\":\(ratio(correct, total)),\"per_class_accuracy\":[\(per)],\"per_class_n\":[\(counts)],\"classifier\":\"\(enc.digest)\"}\n"
+                try AtomicFile.write(Array(json.utf8), to: report)
             }
         }
     }

@@ -77,6 +77,55 @@ final class EmbedToolTests: XCTestCase {
         XCTAssertEqual(try TestSupport.readAll(r2.stdout)[0]["feat"]?.shape, [0, 128])
     }
 
+    /// `embed classify`: logits equal the head applied to the features, pred is their argmax, and
+    /// the report's accuracy counts pred == y (here 3 of 6 labels are set to the prediction).
+    func testClassifyAddsLogitsPredAndReportsAgreement() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let (path, enc) = try makeEncoder(dir)
+        let x = images(6, side: 12, seed: 4)
+        let feat = enc.features(x, batch: 6)
+        let head = try XCTUnwrap(enc.head)
+        var want = [Float](repeating: 0, count: 60), argmax = [Int64](repeating: 0, count: 6)
+        for i in 0..<6 {
+            for k in 0..<10 {
+                var s = Double(head.bias!.value[k])
+                for j in 0..<128 { s += Double(head.weight.value[k * 128 + j]) * Double(feat[i * 128 + j]) }
+                want[i * 10 + k] = Float(s)
+            }
+            argmax[i] = Int64((0..<10).max { want[i * 10 + $0] < want[i * 10 + $1] }!)
+        }
+        let y = (0..<6).map { $0 < 3 ? argmax[$0] : (argmax[$0] + 1) % 10 }
+        let rec = Record([("x", Tensor(x, shape: [6, 1, 12, 12])), ("y", Tensor(y, shape: [6]))], metadata: ["k": "v"])
+        let report = dir + "/report.json"
+        let r = try TestSupport.run("embed", ["classify", "--encoder", path, "--report", report], stdin: TestSupport.streamBytes([rec]))
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let out = try TestSupport.readAll(r.stdout)
+        XCTAssertEqual(out[0]["x"], rec["x"])
+        XCTAssertEqual(out[0]["y"], rec["y"])
+        XCTAssertEqual(out[0].metadata["k"], "v")
+        XCTAssertEqual(out[0]["pred"], Tensor(argmax, shape: [6]))
+        let logits = try XCTUnwrap(out[0]["logits"]).floats()
+        for i in want.indices { XCTAssertEqual(logits[i], want[i], accuracy: 1e-4) }
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report))) as! [String: Any]
+        XCTAssertEqual(json["n"] as? Int, 6)
+        XCTAssertEqual(json["accuracy"] as? Double, 0.5)
+        XCTAssertEqual(json["classifier"] as? String, try Checkpoint.digest(path))
+    }
+
+    func testClassifyRefusesHeadlessEncoderAndUnlabelledReport() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let (simclr, _) = try makeEncoder(dir, kind: "simclr")
+        let rec = Record([("x", Tensor(images(2, side: 12, seed: 5), shape: [2, 1, 12, 12]))])
+        let bytes = try TestSupport.streamBytes([rec])
+        assertOneLineError(try TestSupport.run("embed", ["classify", "--encoder", simclr], stdin: bytes), contains: "no classifier head")
+        let (classifier, _) = try makeEncoder(dir)
+        let out = dir + "/out.tzst"
+        let r = try TestSupport.run("embed", ["classify", "--encoder", classifier, "--report", dir + "/r.json", "-o", out], stdin: bytes)
+        assertOneLineError(r, contains: "needs `y`")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/r.json"))
+    }
+
     func testBadInputOneLineErrors() throws {
         let dir = try TestSupport.temporaryDirectory()
         let (path, _) = try makeEncoder(dir)

@@ -392,6 +392,30 @@ public final class ConvEncoder: FeatureEncoder {
     public func featureVJP(_ x: UnsafePointer<Float>, batch: Int, cotangent g: UnsafePointer<Float>, into dx: UnsafeMutablePointer<Float>) {
         run(x, batch: batch, cotangent: g, features: nil, inputGrad: dx)
     }
+
+    /// Class logits [batch, numClasses] of the classifier head applied to features [batch, D]
+    /// (what `features` returned). A plain double-accumulated loop rather than the layer's
+    /// `forward`, so it touches no cached state and is thread-safe and batch-invariant like
+    /// `features`. Nil for an encoder without a head (SimCLR).
+    public func classLogits(features: [Float], batch: Int) -> [Float]? {
+        guard let head else { return nil }
+        let K = head.outFeatures, F = head.inFeatures
+        precondition(features.count == batch * F)
+        var logits = [Float](repeating: 0, count: batch * K)
+        let w = head.weight.value, b = head.bias?.value
+        features.withUnsafeBufferPointer { f in
+            for i in 0..<batch {
+                let row = f.baseAddress! + i * F
+                for k in 0..<K {
+                    var s = Double(b?[k] ?? 0)
+                    let wk = w + k * F
+                    for j in 0..<F { s += Double(wk[j]) * Double(row[j]) }
+                    logits[i * K + k] = Float(s)
+                }
+            }
+        }
+        return logits
+    }
 }
 
 extension FeatureEncoder {
