@@ -14,8 +14,9 @@ struct Discrim: ParsableCommand {
         Examples:
           discrim train --real real.tzst --fake fake.tzst -o disc.safetensors
           sample ... --record | embed --encoder enc.safetensors | discrim score --model disc.safetensors --grad --encoder enc.safetensors
+          discrim eval --real test-scored.tzst --fake base-scored.tzst     (held-out AUC and calibration)
         """,
-        subcommands: [Train.self, Score.self]
+        subcommands: [Train.self, Score.self, Eval.self]
     )
 }
 
@@ -46,6 +47,7 @@ extension Discrim {
         @Option(name: .customLong("patience"), help: "Stop after this many evaluations without a better held-out loss.") var patience = 15
         @Option(name: .customLong("holdout"), help: "Held-out fraction of each side (0: no early stopping).") var holdout = 0.1
         @Option(name: .customLong("seed"), help: "Seed for initialisation, split and batch order.") var seed: UInt64 = 0
+        @Option(name: .customLong("init-from"), help: "Warm start: continue from this discriminator's weights and Adam state (same head, width, classes and encoder).") var initFrom: String?
         @OptionGroup var threads: ThreadOptions
         @Flag(name: .customLong("quiet"), help: "No evaluation log on stderr.") var quiet = false
 
@@ -75,16 +77,41 @@ extension Discrim {
                 encoderModel = try Encoders.resolve(digest: enc, path: encoder, inputShape: r.imageShape!)
                 guard encoderModel!.featureDimension == r.dim else { throw ToolError("the encoder makes d = \(encoderModel!.featureDimension) features, the streams hold d = \(r.dim)") }
             }
-            let h = try ProjectionHead(config: DiscriminatorConfig(head: head, featureDim: r.dim, width: width, numClasses: classes), seed: seed)
+            let config = DiscriminatorConfig(head: head, featureDim: r.dim, width: width, numClasses: classes)
+            let h: ProjectionHead
+            var optimizer: AdamW?
+            var parent: String?
+            if let initFrom {
+                let record = try Checkpoint.read(initFrom)
+                let (warm, warmEncoder) = try ProjectionHead.load(from: record, name: initFrom)
+                guard warm.config == config else {
+                    throw ToolError("--init-from \(initFrom) is a \(warm.config.json()) discriminator; these flags and features ask for \(config.json())")
+                }
+                guard warmEncoder == enc else {
+                    throw ToolError("--init-from \(initFrom) was trained on encoder \(warmEncoder.prefix(12)), the features come from \(enc.prefix(12))")
+                }
+                h = warm
+                let opt = AdamW(h.params, lr: lr, weightDecay: 0)
+                // A checkpoint from before optimizer state was saved starts with fresh moments.
+                if record.metadata[AdamW.stepKey] != nil { try opt.load(from: record) }
+                optimizer = opt
+                parent = try Checkpoint.digest(initFrom)
+            } else {
+                h = try ProjectionHead(config: config, seed: seed)
+                optimizer = AdamW(h.params, lr: lr, weightDecay: 0)
+            }
             var o = DiscriminatorTrainOptions()
             o.lr = lr; o.batch = batch; o.bufferBatches = bufferBatches; o.bufferEpochs = bufferEpochs
             o.maxSteps = maxSteps; o.evalEvery = evalEvery; o.patience = patience; o.holdout = holdout; o.r1 = r1; o.seed = seed
-            let report = try DiscriminatorTrainer.train(head: h, real: r, fake: f, options: o, encoder: encoderModel) { step, ev in
+            let report = try DiscriminatorTrainer.train(head: h, real: r, fake: f, options: o, encoder: encoderModel, optimizer: optimizer) { step, ev in
                 if !quiet { printError(String(format: "discrim train: step %d held-out bce %.4f acc %.4f auc %.4f", step, ev.bce, ev.accuracy, ev.auc)) }
             }
-            let meta = ["tool": "discrim train", "step": String(report.steps), "report": report.json, "seed": String(seed),
+            var meta = ["tool": "discrim train", "step": String(report.steps), "report": report.json, "seed": String(seed),
                         "r1": "\(r1)", "real": real, "fake": fake]
-            try Checkpoint.write(h.checkpointRecord(encoder: enc, metadata: meta), to: output)
+            if let parent { meta[TrainingCheckpoint.parentKey] = parent }
+            var checkpoint = h.checkpointRecord(encoder: enc, metadata: meta)
+            optimizer?.save(into: &checkpoint)   // what a later --init-from continues
+            try Checkpoint.write(checkpoint, to: output)
             print(report.json)
         }
     }
@@ -128,6 +155,54 @@ extension Discrim {
                 try writer.write(scorer!.score(r, grad: grad))
             }
             try writer.finish()
+        }
+    }
+
+    struct Eval: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Judge a discriminator on held-out scored streams: separation and calibration of its logit as a density ratio.",
+            discussion: """
+            Both inputs are streams scored by `discrim score` (tensor `reward`, the logit), e.g. test \
+            images and fresh samples of the model the discriminator was trained against. Prints one \
+            JSON object: AUC, balanced accuracy, logistic loss, Brier score, expected calibration \
+            error of sigmoid(logit), logit means and spreads, and log E_fake[exp r] and \
+            log E_real[exp -r], which are 0 when exp r is an exact density ratio. Streams scored by \
+            two different discriminators are refused.
+            """)
+
+        @Option(name: .customLong("real"), help: "Scored stream of held-out real samples.") var real: String
+        @Option(name: .customLong("fake"), help: "Scored stream of held-out generated samples.") var fake: String
+        @Option(name: .customLong("tensor"), help: "The logit tensor to read.") var tensor = "reward"
+        @Option(name: .customLong("bins"), help: "Calibration bins.") var bins = 10
+
+        func validate() throws {
+            if bins < 1 { throw ValidationError("--bins must be at least 1") }
+        }
+
+        func read(_ path: String) throws -> (logits: [Float], discriminator: String?) {
+            let reader = try TensorStreamReader(path: path)
+            var out = [Float](), disc: String?
+            while let r = try reader.read() {
+                let t = try r.require(tensor, by: "discrim eval")
+                guard t.shape.count == 1 else { throw ToolError("\(path): `\(tensor)` has shape \(t.shape); expected [B]") }
+                let v = try t.floats()
+                if v.contains(where: { !$0.isFinite }) { throw ToolError("\(path): `\(tensor)` holds NaN or Inf") }
+                out += v
+                if let d = r.metadata["discriminator"] {
+                    if let disc, disc != d { throw ToolError("\(path) was scored by two discriminators") }
+                    disc = d
+                }
+            }
+            guard !out.isEmpty else { throw ToolError("\(path) holds no scored samples") }
+            return (out, disc)
+        }
+
+        func run() throws {
+            let r = try read(real), f = try read(fake)
+            if let a = r.discriminator, let b = f.discriminator, a != b {
+                throw ToolError("\(real) and \(fake) were scored by different discriminators (\(a.prefix(12)) vs \(b.prefix(12)))")
+            }
+            print(RatioDiagnostics(real: r.logits, fake: f.logits, bins: bins).json)
         }
     }
 }

@@ -249,8 +249,13 @@ public enum DiscriminatorTrainer {
     /// Splits off a held-out fraction of each side, trains with Adam over buffered epochs,
     /// evaluates every `evalEvery` steps on the held-out split and stops after `patience`
     /// evaluations without a better held-out loss; ends with the best weights.
+    ///
+    /// `optimizer` continues a warm start: an AdamW over `head.params` whose moments and step count
+    /// came from the previous checkpoint (its learning rate is set to `options.lr`). Its state
+    /// afterwards is that of the last step taken, while the head ends with the best weights.
     public static func train(head: ProjectionHead, real: LabelledFeatures, fake: LabelledFeatures,
                              options o: DiscriminatorTrainOptions, encoder: FeatureEncoder? = nil,
+                             optimizer: AdamW? = nil,
                              log: ((Int, DiscriminatorEvaluation) -> Void)? = nil) throws -> DiscriminatorTrainReport {
         guard real.count > 0, fake.count > 0 else { throw ToolError("discriminator training needs real and fake samples (got \(real.count) real, \(fake.count) fake)") }
         guard real.dim == head.config.featureDim, fake.dim == head.config.featureDim else {
@@ -270,7 +275,8 @@ public enum DiscriminatorTrainer {
         var report = DiscriminatorTrainReport()
         report.trainReal = tr.count
         report.trainFake = tf.count
-        let opt = AdamW(head.params, lr: o.lr, weightDecay: 0)
+        let opt = optimizer ?? AdamW(head.params, lr: o.lr, weightDecay: 0)
+        opt.lr = o.lr
         var best = Double.infinity
         var bestWeights: [[Float]]?
         var bad = 0

@@ -194,7 +194,11 @@ public final class ProjectionHead {
         }
         guard let encoder = record.metadata["encoder"] else { throw ToolError("\(name) records no `encoder` digest") }
         let head = try ProjectionHead(config: DiscriminatorConfig.from(json: json))
-        try head.params.load(from: record, strict: true)
+        // The optimizer state a checkpoint may carry (for `discrim train --init-from`) is not part
+        // of the module; everything else must match it exactly.
+        var weights = record
+        for name in record.names where name.hasPrefix("optim.") { weights[name] = nil }
+        try head.params.load(from: weights, strict: true)
         return (head, encoder)
     }
 
