@@ -25,6 +25,12 @@ DISC_MAX_STEPS=${DISC_MAX_STEPS:-3000}  # early stopping on held-out loss usuall
 R1=${R1:-0}                            # R1 weight gamma on the real logit's image gradient
 DISC=${DISC:-$RUN/disc-$DISC_HEAD-r1_$R1.safetensors}   # shared by every run on this base
 REWARD=${REWARD:-discrim}              # discrim (the DRL logit) | brightness (a deliberately hackable reward: no stage 1)
+# Beyond the paper (which holds the discriminator fixed): every DISC_REFRESH rounds, warm-start the
+# discriminator (`discrim train --init-from`, Adam state kept) on DISC_REFRESH_FAKE fresh samples of
+# the current policy against the same real images. The KL anchor (--ref) stays on the base.
+DISC_REFRESH=${DISC_REFRESH:-0}        # 0: fixed discriminator (the paper's DRL)
+DISC_REFRESH_FAKE=${DISC_REFRESH_FAKE:-2000}
+DISC_REFRESH_STEPS=${DISC_REFRESH_STEPS:-200}
 EMBED=${EMBED:-}                       # a replacement feature stage (a command reading and writing
                                        # streams), e.g. "python3 examples/pca_embed.py --encoder pca.safetensors";
                                        # default: embed --encoder $ENC_DISC. Not with am (no reward gradient).
@@ -98,15 +104,39 @@ if [ "$EVAL_EVERY" -gt 0 ] && ! grep -q "^base	0	" "$RESULTS" 2>/dev/null; then
   log "  eval base: $(grep "^base	0	" "$RESULTS" | cut -f3-6 | tr '\t' ' ') (fd_eval fd_simclr kid kid_se)"
 fi
 
-if [ "$REWARD" = brightness ]; then
-  score=(tensors reward --brightness)
-else
-  score=(discrim score --model "$DISC" --threads "$THREADS")
-  # discrim recomputes the features from x through the encoder (with --grad, their image gradient
-  # too), unless a replacement EMBED stage already added them.
-  [ -z "$EMBED" ] && score+=(--encoder "$ENC_DISC")
-fi
-[ "$ALGO" = am ] && score+=(--grad)
+score_with() {  # $1 = discriminator checkpoint: sets the scoring stage
+  if [ "$REWARD" = brightness ]; then
+    score=(tensors reward --brightness)
+  else
+    score=(discrim score --model "$1" --threads "$THREADS")
+    # discrim recomputes the features from x through the encoder (with --grad, their image gradient
+    # too), unless a replacement EMBED stage already added them.
+    [ -z "$EMBED" ] && score+=(--encoder "$ENC_DISC")
+  fi
+  [ "$ALGO" = am ] && score+=(--grad)
+  return 0
+}
+score_with "$DISC"
+cur_disc=$DISC
+# refresh_disc ROUND POLICY: the discriminator for rounds ROUND.. , warm-started from the current
+# one on fresh samples of POLICY (kept in $EXP/disc/ROUND.safetensors; a resumed run reuses it).
+refresh_disc() {
+  local out=$EXP/disc/$(printf %04d "$1").safetensors
+  if [ ! -s "$out" ]; then
+    mkdir -p "$EXP/disc"
+    local tmp; tmp=$(mktemp -d "$EXP/.refresh.XXXXXX")
+    sample --model "$2" --no-ema --n "$DISC_REFRESH_FAKE" --offset $(( 1000000 + $1 * DISC_REFRESH_FAKE )) --sampler "$DISC_SAMPLER" \
+        --steps "$DISC_STEPS" --seed $((SEED + 778)) --threads "$THREADS" --quiet | "${embed_cmd[@]}" > "$tmp/fake.tzst"
+    tensors head -n "$DISC_REAL" -i "$RUN/train.tzst" | "${embed_cmd[@]}" > "$tmp/real.tzst"
+    local r1=(); [ "$R1" != 0 ] && r1=(--r1 "$R1" --encoder "$ENC_DISC")
+    discrim train --real "$tmp/real.tzst" --fake "$tmp/fake.tzst" --head "$DISC_HEAD" "${r1[@]}" --init-from "$cur_disc" \
+      --max-steps "$DISC_REFRESH_STEPS" --seed $((SEED + $1)) --threads "$THREADS" --quiet -o "$out" > "$out.report.json"
+    rm -rf "$tmp"
+    log "  discriminator refreshed for round $1: $(jq -c '.heldout' "$out.report.json" | head -c 200)"
+  fi
+  cur_disc=$out
+  score_with "$cur_disc"
+}
 sampling=(--sampler "$SAMPLER" --steps "$STEPS")
 case "$ALGO" in am|grpo) sampling+=(--record) ;; esac   # trajectories and log-probs
 [ -n "$ETA" ] && sampling+=(--eta "$ETA")
@@ -120,12 +150,20 @@ prev=$BASE
 last=0
 for r in $(seq 1 "$ROUNDS"); do
   ck=$EXP/rounds/$(printf %04d "$r").safetensors
-  if [ -s "$ck" ]; then prev=$ck; last=$r; continue; fi
+  if [ -s "$ck" ]; then
+    prev=$ck; last=$r
+    # a resumed run scores with the discriminator its next round would have had
+    [ -s "$EXP/disc/$(printf %04d "$r").safetensors" ] && { cur_disc=$EXP/disc/$(printf %04d "$r").safetensors; score_with "$cur_disc"; }
+    continue
+  fi
   if [ "$BUDGET_SECONDS" -gt 0 ] && [ -s "$EXP/rounds.tsv" ] \
      && [ "$(awk 'NR > 1 { s += $2 } END { print s + 0 }' "$EXP/rounds.tsv")" -ge "$BUDGET_SECONDS" ]; then
     log "budget of $BUDGET_SECONDS s spent after $last rounds"
     eval_round "$prev" "$last"
     break
+  fi
+  if [ "$REWARD" = discrim ] && [ "$DISC_REFRESH" -gt 0 ] && [ "$r" -gt 1 ] && [ $(( (r - 1) % DISC_REFRESH )) = 0 ]; then
+    refresh_disc "$r" "$prev"
   fi
   # Rollouts come from the raw policy rlstep trains (am, grpo: on-policy), or from the sampling
   # snapshot rlstep keeps (crd, nft); the base model's first round from its EMA weights.

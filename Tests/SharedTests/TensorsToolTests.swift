@@ -36,6 +36,19 @@ final class TensorsToolTests: XCTestCase {
         XCTAssertEqual(records[1].metadata["tool"], "test")
     }
 
+    /// `--skip K` drops the first K samples across record boundaries; without -n the rest follows.
+    func testHeadSkipsAcrossRecords() throws {
+        let r = try TestSupport.run("tensors", ["head", "--skip", "5", "-n", "4"], stdin: try sampleStream(10, batch: 4))
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let records = try TestSupport.readAll(r.stdout)
+        XCTAssertEqual(try records.flatMap { try $0["id"]!.int64s() }, [5, 6, 7, 8])
+        let rest = try TestSupport.run("tensors", ["head", "--skip", "8"], stdin: try sampleStream(10, batch: 4))
+        XCTAssertEqual(try TestSupport.readAll(rest.stdout).flatMap { try $0["id"]!.int64s() }, [8, 9])
+        let all = try TestSupport.run("tensors", ["head", "--skip", "20"], stdin: try sampleStream(10, batch: 4))
+        XCTAssertEqual(all.status, 0, all.stderr)
+        XCTAssertEqual(try TestSupport.readAll(all.stdout).count, 0)
+    }
+
     func testCorruptInputGivesOneLineAndStatus1() throws {
         let good = try sampleStream(3, batch: 3)
         let cases: [(String, [UInt8], String)] = [
