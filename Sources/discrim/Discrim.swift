@@ -84,8 +84,10 @@ extension Discrim {
             }
             let meta = ["tool": "discrim train", "step": String(report.steps), "report": report.json, "seed": String(seed),
                         "r1": "\(r1)", "real": real, "fake": fake]
-            try Checkpoint.write(h.checkpointRecord(encoder: enc, metadata: meta), to: output)
-            print(report.json)
+            // The checkpoint appears only once the report is out: an unwritable stdout leaves none.
+            let pending = try Checkpoint.prepare(h.checkpointRecord(encoder: enc, metadata: meta), to: output)
+            do { try printLine(report.json) } catch is BrokenPipe { try pending.commit(); throw BrokenPipe() }
+            try pending.commit()
         }
     }
 

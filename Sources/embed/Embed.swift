@@ -179,16 +179,11 @@ extension Embed {
             opts.weightDecay = weightDecay
             opts.warmup = min(warmup, steps)
             opts.logEvery = logEvery
-            var metricsFile: FileHandle?
-            if let metrics {
-                _ = FileManager.default.createFile(atPath: metrics, contents: nil)
-                guard let h = FileHandle(forWritingAtPath: metrics) else { throw ToolError("cannot write \(metrics)") }
-                metricsFile = h
-            }
+            let metricsFile = try metrics.map { try TextFile(path: $0, truncate: true) }
             let start = Date()
             let show = progress.showProgress || !progress.quiet
             try EncoderTrainer.train(enc, images: images, labels: haveLabels ? labels : nil, options: opts) { entry in
-                metricsFile?.write(Data((entry.json + "\n").utf8))
+                try metricsFile?.write(entry.json + "\n")
                 if show { printError("embed train: \(entry.json)") }
             }
             try metricsFile?.close()
@@ -220,6 +215,10 @@ extension Embed {
         @Flag(name: .customLong("json"), help: "One JSON object instead of text.")
         var json = false
         @OptionGroup var threads: ThreadOptions
+
+        func validate() throws {
+            guard epochs >= 1 else { throw ValidationError("--epochs must be >= 1") }
+        }
 
         func read(_ path: String) throws -> (feat: [Float], labels: [Int], dim: Int, encoder: String?) {
             let reader = try TensorStreamReader(path: path)
@@ -254,13 +253,13 @@ extension Embed {
             let r = try probe.fit(train: a.feat, trainLabels: a.labels, test: b.feat, testLabels: b.labels, dim: a.dim)
             let secs = Date().timeIntervalSince(start)
             if json {
-                print(String(format: "{\"test_accuracy\":%.4f,\"train_accuracy\":%.4f,\"train_loss\":%.4f,\"dim\":%d,\"classes\":%d,\"train_n\":%d,\"test_n\":%d,\"seconds\":%.1f,",
+                try printLine(String(format: "{\"test_accuracy\":%.4f,\"train_accuracy\":%.4f,\"train_loss\":%.4f,\"dim\":%d,\"classes\":%d,\"train_n\":%d,\"test_n\":%d,\"seconds\":%.1f,",
                              r.testAccuracy, r.trainAccuracy, r.trainLoss, r.dim, r.classes, r.trainCount, r.testCount, secs) + "\"encoder\":\"\(a.encoder ?? "")\"}")
             } else {
-                print("linear probe (logistic regression, \(epochs) epochs) on d = \(r.dim), \(r.classes) classes")
-                print(String(format: "  train accuracy  %.4f  (n = %d, loss %.4f)", r.trainAccuracy, r.trainCount, r.trainLoss))
-                print(String(format: "  test accuracy   %.4f  (n = %d)", r.testAccuracy, r.testCount))
-                print("  encoder         \(a.encoder ?? "unknown")")
+                try printLine("linear probe (logistic regression, \(epochs) epochs) on d = \(r.dim), \(r.classes) classes")
+                try printLine(String(format: "  train accuracy  %.4f  (n = %d, loss %.4f)", r.trainAccuracy, r.trainCount, r.trainLoss))
+                try printLine(String(format: "  test accuracy   %.4f  (n = %d)", r.testAccuracy, r.testCount))
+                try printLine("  encoder         \(a.encoder ?? "unknown")")
             }
         }
     }

@@ -117,7 +117,7 @@ extension Fid {
             let done = Date()
             let report = Report(a: sideA, b: sideB, fd: fd, kid: kidResult, prdc: prdcResult,
                                 loadSeconds: loaded.timeIntervalSince(start), metricSeconds: done.timeIntervalSince(loaded))
-            print(json ? report.json() : report.table(), terminator: "")
+            try printLine(json ? report.json() : report.table(), terminator: "")
         }
     }
 

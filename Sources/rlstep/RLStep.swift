@@ -66,6 +66,7 @@ struct RLStep: ParsableCommand {
         if epochs < 1 || minibatch < 1 { throw ValidationError("--epochs and --minibatch must be positive") }
         if !(lr > 0) || warmup < 0 || !(maxGradNorm >= 0) { throw ValidationError("--lr must be positive, --warmup and --max-grad-norm >= 0") }
         if !(0...1).contains(emaDecay) { throw ValidationError("--ema-decay must be in [0, 1]") }
+        if !(split >= 0 && split <= 1) { throw ValidationError("--split must be in [0, 1]") }
         if !lambda.isFinite || !(timestepFraction > 0 && timestepFraction <= 1) { throw ValidationError("--lambda must be finite, --timestep-fraction in (0, 1]") }
         if !(clipQuantile > 0) || !(0..<1).contains(clipRho) || !(clipCap >= 1) { throw ValidationError("--clip-quantile > 0, --clip-rho in [0, 1), --clip-cap >= 1") }
         if !(beta >= 0) || !(clipRange > 0) || !(advClip > 0) { throw ValidationError("--beta >= 0, --clip-range > 0, --adv-clip > 0") }
@@ -73,6 +74,8 @@ struct RLStep: ParsableCommand {
 
     func run() throws {
         threads.apply()
+        // Opened first, so an unwritable metrics path fails before any work or output.
+        let metricsFile = try metrics.map { try TextFile(path: $0) }
         let record = try Checkpoint.read(model)
         guard record.metadata["arch"] != nil else { throw ToolError("\(model) is not a velocity-model checkpoint (no `arch` metadata)") }
         // A checkpoint rlstep did not write (a `train` base) starts the policy from the weights
@@ -133,16 +136,22 @@ struct RLStep: ParsableCommand {
             : "epochs=\(epochs) minibatch=\(minibatch) lr=\(lr) warmup=\(warmup) weight_decay=\(weightDecay) max_grad_norm=\(maxGradNorm) ema_decay=\(emaDecay) seed=\(seed) beta=\(beta) clip_range=\(clipRange) adv_norm=\(advNorm.rawValue) adv_clip=\(advClip) ratio_norm=\(ratioNorm)"
         var next = TrainingCheckpoint.record(model: net, optimizer: optimizer, ema: ema, step: trainer.step, parentDigest: digest, metadata: meta)
         for (name, t) in holder?.snapshotTensors ?? [] { next[name] = t }
-        try Checkpoint.write(next, to: out)
-
+        // The checkpoint appears only after the metrics line is written: a metrics file or
+        // stdout that cannot be written (full disk) leaves no checkpoint behind. A reader that
+        // closed stdout (`| head`) still gets the checkpoint, and the tool exits quietly.
+        let pending = try Checkpoint.prepare(next, to: out)
         let line = RLTrainer.json(m, strings: [("algo", algo), ("model", digest), ("reference", refDigest)]) + "\n"
-        if let metrics {
-            let fd = open(metrics, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-            guard fd >= 0 else { throw ToolError("cannot open \(metrics): \(String(cString: strerror(errno)))") }
-            defer { close(fd) }
-            _ = line.withCString { write(fd, $0, strlen($0)) }
-        } else {
-            FileHandle.standardOutput.write(line.data(using: .utf8)!)
+        do {
+            if let metricsFile {
+                try metricsFile.write(line)
+                try metricsFile.close()
+            } else {
+                try TextOutput.standardOutput(line)
+            }
+        } catch is BrokenPipe {
+            try pending.commit()
+            throw BrokenPipe()
         }
+        try pending.commit()
     }
 }

@@ -146,7 +146,7 @@ extension Sample {
 
         func validate() throws {
             if let n, n < 0 { throw ValidationError("--n must be >= 0") }
-            guard steps >= 1 else { throw ValidationError("--steps must be >= 1") }
+            guard (1...Sampler.maxSteps).contains(steps) else { throw ValidationError("--steps must be in 1...\(Sampler.maxSteps)") }
             guard SamplerKind(rawValue: sampler) != nil else {
                 throw ValidationError("unknown --sampler '\(sampler)' (known: \(SamplerKind.allCases.map(\.rawValue).joined(separator: ", ")))")
             }
@@ -199,6 +199,12 @@ extension Sample {
                 labels = .balanced(numClasses: max(1, config.numClasses))
             }
             let plan = try GenerationPlan(n: count, offset: offset, batch: batch, group: G, labels: labels)
+            // A recorded record holds [B, S+1, D] states: refuse what readers would refuse
+            // (--max-record-mib's default) instead of failing on the allocation.
+            let perSample = (record ? steps + 2 : 1) * config.sampleDimension * 4
+            if perSample > 0, min(batch, max(count, 1)) > (8192 << 20) / perSample {
+                throw ToolError("records of \(min(batch, count)) samples with \(steps) recorded steps exceed 8 GiB; lower --batch or --steps")
+            }
 
             BLAS.setThreads(1)  // parallel over samples instead; results do not depend on --threads
             let runner = ParallelSampler(model: net, sampler: sampler, seed: seed, threads: threads.count)
@@ -270,14 +276,20 @@ extension Sample {
         @OptionGroup var input: InputOptions
         @OptionGroup var threads: ThreadOptions
 
+        func validate() throws {
+            guard tolerance >= 0 else { throw ValidationError("--tolerance must be a number >= 0") }
+        }
+
         func run() throws {
             let reader = try input.reader()
             var check = LogProbCheck()
             var loaded: [String: (VelocityNet, String)] = [:]
             BLAS.setThreads(1)
             while let record = try reader.read() {
-                let preferEMA: Bool = modelOptions.noEma ? false : (record.metadata["weights"] != "raw")
-                let key = record.metadata["weights"] == "sampling" && !modelOptions.noEma ? "sampling" : (preferEMA ? "ema" : "raw")
+                // --weights (or --no-ema) overrides the weights the record says it was drawn with
+                let chosen = modelOptions.noEma ? "raw" : (modelOptions.weights ?? record.metadata["weights"] ?? "ema")
+                let key = chosen == "sampling" ? "sampling" : (chosen == "raw" ? "raw" : "ema")
+                let preferEMA = key == "ema"
                 if loaded[key] == nil {
                     let m = try modelOptions.load(preferEMA: preferEMA, sampling: key == "sampling")
                     loaded[key] = (m.net, m.digest)
@@ -286,7 +298,7 @@ extension Sample {
                 if let stored = record.metadata["model"], stored != digest { check.modelMismatch = true }
                 try check.check(record: record, model: net, threads: threads.count)
             }
-            print(check.json)
+            try printLine(check.json)
             if check.maxAbsDiff > tolerance {
                 throw ToolError("recomputed log-probs differ from the stored ones by up to \(check.maxAbsDiff) (> --tolerance \(tolerance))")
             }

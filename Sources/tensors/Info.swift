@@ -36,15 +36,15 @@ extension Tensors {
                             tensors.append("\(JSON.quote(name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))]}")
                         }
                         let meta = record.metadata.keys.sorted().map { "\(JSON.quote($0)):\(JSON.quote(record.metadata[$0]!))" }
-                        print("{\"record\":\(records),\"samples\":\(b),\"payload_bytes\":\(record.payloadBytes),\"tensors\":{\(tensors.joined(separator: ","))},\"metadata\":{\(meta.joined(separator: ","))}}")
+                        try printLine("{\"record\":\(records),\"samples\":\(b),\"payload_bytes\":\(record.payloadBytes),\"tensors\":{\(tensors.joined(separator: ","))},\"metadata\":{\(meta.joined(separator: ","))}}")
                     } else {
-                        print("record \(records): \(b) samples, \(record.payloadBytes) bytes")
+                        try printLine("record \(records): \(b) samples, \(record.payloadBytes) bytes")
                         for (name, t) in record.tensors {
                             let shape = "[" + t.shape.map(String.init).joined(separator: ",") + "]"
-                            print("  \(name.padding(toLength: max(12, name.count), withPad: " ", startingAt: 0)) \(t.dtype.rawValue.padding(toLength: 5, withPad: " ", startingAt: 0)) \(shape)")
+                            try printLine("  \(name.padding(toLength: max(12, name.count), withPad: " ", startingAt: 0)) \(t.dtype.rawValue.padding(toLength: 5, withPad: " ", startingAt: 0)) \(shape)")
                         }
                         for key in record.metadata.keys.sorted() {
-                            print("  @\(key) = \(record.metadata[key]!)")
+                            try printLine("  @\(key) = \(record.metadata[key]!)")
                         }
                     }
                 }
@@ -54,12 +54,12 @@ extension Tensors {
                 payload += record.payloadBytes
             }
             if json {
-                print("{\"summary\":{\"records\":\(records),\"samples\":\(samples),\"payload_bytes\":\(payload),\"compressed_bytes\":\(reader.compressedBytes)}}")
+                try printLine("{\"summary\":{\"records\":\(records),\"samples\":\(samples),\"payload_bytes\":\(payload),\"compressed_bytes\":\(reader.compressedBytes)}}")
             } else {
                 let ratio = payload > 0 ? String(format: "%.2f", Double(reader.compressedBytes) / Double(payload)) : "-"
-                print("records: \(records)  samples: \(samples)  payload: \(payload) bytes  compressed: \(reader.compressedBytes) bytes (ratio \(ratio))")
+                try printLine("records: \(records)  samples: \(samples)  payload: \(payload) bytes  compressed: \(reader.compressedBytes) bytes (ratio \(ratio))")
                 if summary && !names.isEmpty {
-                    print("tensors: " + names.keys.sorted().map { "\($0) \(names[$0]!.dtype)" }.joined(separator: ", "))
+                    try printLine("tensors: " + names.keys.sorted().map { "\($0) \(names[$0]!.dtype)" }.joined(separator: ", "))
                 }
             }
         }

@@ -126,6 +126,14 @@ struct Train: ParsableCommand {
             if let initFrom {
                 net = try VelocityNet.load(path: initFrom)
                 parent = try Checkpoint.digest(initFrom)
+                // The architecture comes from the checkpoint; a --model/--config that asks for
+                // another one is an error, not silently ignored.
+                if model != nil || config != nil {
+                    let asked = try modelConfig(for: data)
+                    guard asked == net.config else {
+                        throw ToolError("--init-from \(initFrom) holds the architecture \(net.config.json()), not the requested \(asked.json()); drop --model/--config or give the matching one")
+                    }
+                }
             } else {
                 net = try VelocityNet.make(try modelConfig(for: data), seed: settings.seed)
             }
@@ -137,7 +145,7 @@ struct Train: ParsableCommand {
             try Checkpoint.write(trainer.checkpointRecord(parentDigest: parent, metadata: meta), to: output)
         }
 
-        var log: FileHandle?
+        var log: TextFile?
         if let metrics { log = try MetricsLog.open(metrics, keepingThrough: trainer.step) }
         let bar = Progress(label: "train", total: max(0, steps - trainer.step), enabled: progress.showProgress)
         let started = Date()
@@ -153,7 +161,7 @@ struct Train: ParsableCommand {
             if let log, s.step % logEvery == 0 || s.step == steps {
                 let now = Date()
                 let rate = Double(windowImages) / max(now.timeIntervalSince(windowStart), 1e-9)
-                log.write(MetricsLog.line(s, imagesPerSecond: rate).data(using: .utf8)!)
+                try log.write(MetricsLog.line(s, imagesPerSecond: rate))
                 windowStart = now
                 windowImages = 0
             }

@@ -28,6 +28,12 @@ public enum ToolMain {
         }
         do {
             try command.run()
+            // A report printed through stdio that could not be written (a full disk) is an
+            // error, not status 0 with an empty file; a closed pipe still exits quietly.
+            if fflush(stdout) != 0 || ferror(stdout) != 0 {
+                if errno == EPIPE { exit(0) }
+                fail(name, "cannot write standard output: \(String(cString: strerror(errno)))")
+            }
             exit(0)
         } catch is BrokenPipe {
             exit(0)

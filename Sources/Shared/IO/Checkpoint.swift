@@ -10,6 +10,14 @@ public enum Checkpoint {
         try AtomicFile.write(RecordCodec.encode(record), to: path)
     }
 
+    /// Writes the checkpoint under a temporary name; it appears at `path` on `commit()` (and
+    /// never, if the file is dropped uncommitted), so a tool can finish its other outputs first.
+    public static func prepare(_ record: Record, to path: String) throws -> AtomicFile {
+        let file = try AtomicFile(path: path)
+        try file.write(RecordCodec.encode(record))
+        return file
+    }
+
     public static func read(_ path: String, limits: RecordCodec.Limits = .init()) throws -> Record {
         let bytes = try readFile(path)
         do {
