@@ -17,12 +17,14 @@ struct Embed: ParsableCommand {
           embed train --kind classifier -i train.tzst -o enc-classifier.safetensors --steps 3000
           embed probe --train train-feat.tzst --test test-feat.tzst
         """,
+        version: Toolkit.version,
         subcommands: [Apply.self, Train.self, Probe.self],
         defaultSubcommand: Apply.self
     )
 }
 
-let toolVersion = "0.1"
+/// --kind of `embed train`.
+enum EncoderKind: String, CaseIterable, ExpressibleByArgument { case classifier, simclr }
 
 extension Embed {
     struct Apply: ParsableCommand {
@@ -107,8 +109,9 @@ extension Embed {
             """
         )
 
-        @Option(name: .customLong("kind"), help: "classifier or simclr.")
-        var kind: String
+        @Option(name: .customLong("kind"), help: ArgumentHelp("Encoder to train.", valueName: "kind"))
+        var kindChoice: EncoderKind
+        var kind: String { kindChoice.rawValue }
         @OptionGroup var input: InputOptions
         @Option(name: [.short, .customLong("output")], help: "Encoder checkpoint to write.")
         var output: String
@@ -189,7 +192,7 @@ extension Embed {
             try metricsFile?.close()
             let seconds = Date().timeIntervalSince(start)
             try enc.save(to: output, metadata: [
-                "tool": "embed train", "version": toolVersion, "step": String(steps), "seed": String(seed),
+                "tool": "embed train", "version": Toolkit.version, "step": String(steps), "seed": String(seed),
                 "source": reader.name, "batch": String(batch), "lr": String(lr),
                 "train_images": String(images.count / per), "train_seconds": String(format: "%.1f", seconds),
             ])

@@ -10,7 +10,7 @@ extension Tensors {
               tensors head -n 64 < train.tzst | tensors to-png --grid 8x8 -o first64.png
             """)
 
-        @Option(name: .short, help: "Number of samples.")
+        @Option(name: [.short, .customLong("n")], help: "Number of samples.")
         var n: Int
 
         @OptionGroup var input: InputOptions

@@ -12,9 +12,6 @@ extension Tensors {
               tensors stats --json --tensor x train.tzst
             """)
 
-        @Argument(help: "Stream to read (default: standard input).")
-        var file: String?
-
         @OptionGroup var input: InputOptions
 
         @Option(name: .customLong("tensor"), help: "Summarise only this tensor (repeatable; default: every numeric tensor).")
@@ -24,7 +21,7 @@ extension Tensors {
         var json = false
 
         func run() throws {
-            let summaries = try StreamSummary.summarise(try input.reader(file ?? input.input), names: names)
+            let summaries = try StreamSummary.summarise(try input.reader(), names: names)
             for s in summaries {
                 if json { try printLine(s.json); continue }
                 func g(_ v: Double) -> String { String(format: "%.6g", v) }
