@@ -1,10 +1,8 @@
 # Helpers sourced by the pipeline scripts.
 
-# ckpt_meta FILE KEY: a metadata value of a safetensors checkpoint (empty when absent). The header
-# is 8 bytes of little-endian length, then that much JSON.
+# ckpt_meta FILE KEY: a metadata value of a safetensors checkpoint (empty when absent).
 ckpt_meta() {
-  local n; n=$(od -An -tu8 -N8 "$1" | tr -d ' ')
-  head -c $(( n + 8 )) "$1" | tail -c +9 | jq -r --arg k "$2" '.__metadata__[$k] // empty'
+  tensors info --meta "$2" "$1"
 }
 
 # sample_weights FILE: the flag that makes `sample` draw the weights RL trains: the raw weights of

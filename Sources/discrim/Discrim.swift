@@ -2,6 +2,9 @@ import ArgumentParser
 import Foundation
 import Shared
 
+/// --head: the discriminator head.
+enum HeadKind: String, CaseIterable, ExpressibleByArgument { case linear, mlp }
+
 struct Discrim: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "discrim",
@@ -16,6 +19,7 @@ struct Discrim: ParsableCommand {
           sample ... --record | embed --encoder enc.safetensors | discrim score --model disc.safetensors --grad --encoder enc.safetensors
           discrim eval --real test-scored.tzst --fake base-scored.tzst     (held-out AUC and calibration)
         """,
+        version: Toolkit.version,
         subcommands: [Train.self, Score.self, Eval.self]
     )
 }
@@ -33,7 +37,7 @@ extension Discrim {
         @Option(name: .customLong("real"), help: "Stream of real samples' features.") var real: String
         @Option(name: .customLong("fake"), help: "Stream of generated samples' features.") var fake: String
         @Option(name: [.short, .customLong("output")], help: "Discriminator checkpoint to write (.safetensors).") var output: String
-        @Option(name: .customLong("head"), help: "linear (DRL) or mlp (two GELU residual blocks).") var head = "linear"
+        @Option(name: .customLong("head"), help: "linear (DRL) or mlp (two GELU residual blocks).") var head: HeadKind = .linear
         @Option(name: .customLong("width"), help: "Width of h.") var width = 512
         @Option(name: .customLong("num-classes"), help: "Classes of the conditional head (default: largest label + 1; 0 = unconditional).") var numClasses: Int?
         @Option(name: .customLong("r1"), help: "R1 weight gamma: (gamma/2) |grad_x logit(real)|^2 through the encoder.") var r1 = 0.0
@@ -52,7 +56,6 @@ extension Discrim {
         @Flag(name: .customLong("quiet"), help: "No evaluation log on stderr.") var quiet = false
 
         func validate() throws {
-            if head != "linear" && head != "mlp" { throw ValidationError("--head must be linear or mlp") }
             if width < 1 || batch < 1 || bufferBatches < 1 || bufferEpochs < 1 || maxSteps < 1 || evalEvery < 1 || patience < 1 {
                 throw ValidationError("--width, --batch, --buffer-batches, --buffer-epochs, --max-steps, --eval-every and --patience must be positive")
             }
@@ -77,7 +80,7 @@ extension Discrim {
                 encoderModel = try Encoders.resolve(digest: enc, path: encoder, inputShape: r.imageShape!)
                 guard encoderModel!.featureDimension == r.dim else { throw ToolError("the encoder makes d = \(encoderModel!.featureDimension) features, the streams hold d = \(r.dim)") }
             }
-            let config = DiscriminatorConfig(head: head, featureDim: r.dim, width: width, numClasses: classes)
+            let config = DiscriminatorConfig(head: head.rawValue, featureDim: r.dim, width: width, numClasses: classes)
             let h: ProjectionHead
             var optimizer: AdamW?
             var parent: String?
@@ -106,13 +109,15 @@ extension Discrim {
             let report = try DiscriminatorTrainer.train(head: h, real: r, fake: f, options: o, encoder: encoderModel, optimizer: optimizer) { step, ev in
                 if !quiet { printError(String(format: "discrim train: step %d held-out bce %.4f acc %.4f auc %.4f", step, ev.bce, ev.accuracy, ev.auc)) }
             }
-            var meta = ["tool": "discrim train", "step": String(report.steps), "report": report.json, "seed": String(seed),
+            var meta = ["tool": "discrim train", "version": Toolkit.version, "step": String(report.steps), "report": report.json, "seed": String(seed),
                         "r1": "\(r1)", "real": real, "fake": fake]
             if let parent { meta[TrainingCheckpoint.parentKey] = parent }
             var checkpoint = h.checkpointRecord(encoder: enc, metadata: meta)
             optimizer?.save(into: &checkpoint)   // what a later --init-from continues
-            try Checkpoint.write(checkpoint, to: output)
-            print(report.json)
+            // The checkpoint appears only once the report is out: an unwritable stdout leaves none.
+            let pending = try Checkpoint.prepare(checkpoint, to: output)
+            do { try printLine(report.json) } catch is BrokenPipe { try pending.commit(); throw BrokenPipe() }
+            try pending.commit()
         }
     }
 
@@ -202,7 +207,7 @@ extension Discrim {
             if let a = r.discriminator, let b = f.discriminator, a != b {
                 throw ToolError("\(real) and \(fake) were scored by different discriminators (\(a.prefix(12)) vs \(b.prefix(12)))")
             }
-            print(RatioDiagnostics(real: r.logits, fake: f.logits, bins: bins).json)
+            try printLine(RatioDiagnostics(real: r.logits, fake: f.logits, bins: bins).json)
         }
     }
 }

@@ -19,12 +19,14 @@ struct Embed: ParsableCommand {
           sample --model m.safetensors --n 2000 | embed classify --encoder enc-classifier.safetensors \\
                  --report consistency.json > /dev/null
         """,
+        version: Toolkit.version,
         subcommands: [Apply.self, Train.self, Probe.self, Classify.self],
         defaultSubcommand: Apply.self
     )
 }
 
-let toolVersion = "0.1"
+/// --kind of `embed train`.
+enum EncoderKind: String, CaseIterable, ExpressibleByArgument { case classifier, simclr }
 
 extension Embed {
     struct Apply: ParsableCommand {
@@ -109,8 +111,9 @@ extension Embed {
             """
         )
 
-        @Option(name: .customLong("kind"), help: "classifier or simclr.")
-        var kind: String
+        @Option(name: .customLong("kind"), help: ArgumentHelp("Encoder to train.", valueName: "kind"))
+        var kindChoice: EncoderKind
+        var kind: String { kindChoice.rawValue }
         @OptionGroup var input: InputOptions
         @Option(name: [.short, .customLong("output")], help: "Encoder checkpoint to write.")
         var output: String
@@ -181,22 +184,17 @@ extension Embed {
             opts.weightDecay = weightDecay
             opts.warmup = min(warmup, steps)
             opts.logEvery = logEvery
-            var metricsFile: FileHandle?
-            if let metrics {
-                _ = FileManager.default.createFile(atPath: metrics, contents: nil)
-                guard let h = FileHandle(forWritingAtPath: metrics) else { throw ToolError("cannot write \(metrics)") }
-                metricsFile = h
-            }
+            let metricsFile = try metrics.map { try TextFile(path: $0, truncate: true) }
             let start = Date()
             let show = progress.showProgress || !progress.quiet
             try EncoderTrainer.train(enc, images: images, labels: haveLabels ? labels : nil, options: opts) { entry in
-                metricsFile?.write(Data((entry.json + "\n").utf8))
+                try metricsFile?.write(entry.json + "\n")
                 if show { printError("embed train: \(entry.json)") }
             }
             try metricsFile?.close()
             let seconds = Date().timeIntervalSince(start)
             try enc.save(to: output, metadata: [
-                "tool": "embed train", "version": toolVersion, "step": String(steps), "seed": String(seed),
+                "tool": "embed train", "version": Toolkit.version, "step": String(steps), "seed": String(seed),
                 "source": reader.name, "batch": String(batch), "lr": String(lr),
                 "train_images": String(images.count / per), "train_seconds": String(format: "%.1f", seconds),
             ])
@@ -222,6 +220,10 @@ extension Embed {
         @Flag(name: .customLong("json"), help: "One JSON object instead of text.")
         var json = false
         @OptionGroup var threads: ThreadOptions
+
+        func validate() throws {
+            guard epochs >= 1 else { throw ValidationError("--epochs must be >= 1") }
+        }
 
         func read(_ path: String) throws -> (feat: [Float], labels: [Int], dim: Int, encoder: String?) {
             let reader = try TensorStreamReader(path: path)
@@ -256,13 +258,13 @@ extension Embed {
             let r = try probe.fit(train: a.feat, trainLabels: a.labels, test: b.feat, testLabels: b.labels, dim: a.dim)
             let secs = Date().timeIntervalSince(start)
             if json {
-                print(String(format: "{\"test_accuracy\":%.4f,\"train_accuracy\":%.4f,\"train_loss\":%.4f,\"dim\":%d,\"classes\":%d,\"train_n\":%d,\"test_n\":%d,\"seconds\":%.1f,",
+                try printLine(String(format: "{\"test_accuracy\":%.4f,\"train_accuracy\":%.4f,\"train_loss\":%.4f,\"dim\":%d,\"classes\":%d,\"train_n\":%d,\"test_n\":%d,\"seconds\":%.1f,",
                              r.testAccuracy, r.trainAccuracy, r.trainLoss, r.dim, r.classes, r.trainCount, r.testCount, secs) + "\"encoder\":\"\(a.encoder ?? "")\"}")
             } else {
-                print("linear probe (logistic regression, \(epochs) epochs) on d = \(r.dim), \(r.classes) classes")
-                print(String(format: "  train accuracy  %.4f  (n = %d, loss %.4f)", r.trainAccuracy, r.trainCount, r.trainLoss))
-                print(String(format: "  test accuracy   %.4f  (n = %d)", r.testAccuracy, r.testCount))
-                print("  encoder         \(a.encoder ?? "unknown")")
+                try printLine("linear probe (logistic regression, \(epochs) epochs) on d = \(r.dim), \(r.classes) classes")
+                try printLine(String(format: "  train accuracy  %.4f  (n = %d, loss %.4f)", r.trainAccuracy, r.trainCount, r.trainLoss))
+                try printLine(String(format: "  test accuracy   %.4f  (n = %d)", r.testAccuracy, r.testCount))
+                try printLine("  encoder         \(a.encoder ?? "unknown")")
             }
         }
     }

@@ -18,6 +18,7 @@ struct Fid: ParsableCommand {
           fid real-stats.safetensors gen.tzst --json
           fid real.tzst gen.tzst --kid --prdc --threads 2
         """,
+        version: Toolkit.version,
         subcommands: [Compare.self, Stats.self],
         defaultSubcommand: Compare.self
     )
@@ -117,7 +118,7 @@ extension Fid {
             let done = Date()
             let report = Report(a: sideA, b: sideB, fd: fd, kid: kidResult, prdc: prdcResult,
                                 loadSeconds: loaded.timeIntervalSince(start), metricSeconds: done.timeIntervalSince(loaded))
-            print(json ? report.json() : report.table(), terminator: "")
+            try printLine(json ? report.json() : report.table(), terminator: "")
         }
     }
 
@@ -140,7 +141,7 @@ extension Fid {
             let bar = Progress(label: "stats", enabled: progress.showProgress)
             let side = try FeatureSet.read(reader, name: reader.name, imageStatistics: false, progress: bar)
             warnIfSingular(side, label: "input")
-            var meta = ["tool": "fid stats", "source": reader.name]
+            var meta = ["tool": "fid stats", "version": Toolkit.version, "source": reader.name]
             meta["dtype"] = "F64"
             try side.statistics.write(to: output, extraMetadata: meta)
         }

@@ -4,14 +4,20 @@ import Shared
 
 extension GRPO.AdvantageNorm: ExpressibleByArgument {}
 
+/// --algo: the RL objective.
+enum Algo: String, CaseIterable, ExpressibleByArgument { case am, grpo, crd, nft }
+
+/// --weights / --ref-weights: which weights of a checkpoint to start from.
+enum StartWeights: String, CaseIterable, ExpressibleByArgument { case ema, raw }
+
 struct RLStep: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rlstep",
         abstract: "One KL-regularised update round of a flow-matching generator from a buffer of scored rollouts.",
         discussion: """
-        Reads the buffer (stdin or -i), the current training checkpoint (--model: weights, and
-        AdamW/EMA state when present) and the frozen reference (--ref), runs --epochs passes of
-        --minibatch samples, writes the next checkpoint atomically (--out) and appends one JSON
+        Reads the buffer (FILE, -i FILE or stdin), the current training checkpoint (--model: weights,
+        and AdamW/EMA state when present) and the frozen reference (--ref), runs --epochs passes of
+        --batch samples, writes the next checkpoint atomically (-o) and appends one JSON
         line of metrics (--metrics FILE, default stdout). NaN/Inf anywhere: no checkpoint, exit 1.
 
           --algo am    Adjoint Matching (DRL stage 2): rollouts from `sample --sampler memoryless-ll
@@ -23,20 +29,26 @@ struct RLStep: ParsableCommand {
         Example:
           sample --model cur.safetensors --n 512 --sampler memoryless-ll --record \\
             | embed --encoder enc.safetensors | discrim score --model disc.safetensors --grad --encoder enc.safetensors \\
-            | rlstep --algo am --model cur.safetensors --ref base.safetensors --out next.safetensors --lambda 10
-        """)
+            | rlstep --algo am --model cur.safetensors --ref base.safetensors -o next.safetensors --lambda 10
+        """,
+        version: Toolkit.version)
 
-    @Option(name: .customLong("algo"), help: "Objective: am, grpo, crd or nft.") var algo: String
+    @Option(name: .customLong("algo"), help: ArgumentHelp("Objective.", valueName: "algo")) var algoChoice: Algo
+    var algo: String { algoChoice.rawValue }
     @Option(name: .customLong("model"), help: "Current policy: an rlstep checkpoint (raw weights, AdamW and EMA resumed) or a base from train (its EMA weights, fresh state).") var model: String
     @Option(name: .customLong("ref"), help: "Frozen reference (base) checkpoint.") var ref: String
-    @Option(name: .customLong("out"), help: "Next checkpoint to write.") var out: String
-    @Flag(name: .customLong("raw-start"), help: "Start a base (non-rlstep) --model from its raw weights, not its EMA.") var rawStart = false
-    @Flag(name: .customLong("ref-raw"), help: "Use the reference's raw weights, not its EMA (the default, as `sample` draws).") var refRaw = false
+    @Option(name: [.short, .customLong("output"), .customLong("out")], help: "Next checkpoint to write.") var out: String
+    @Option(name: .customLong("weights"), help: "Weights a base (non-rlstep) --model starts from (an rlstep checkpoint always resumes its raw weights).") var weights: StartWeights = .ema
+    @Option(name: .customLong("ref-weights"), help: "Weights of the reference (ema: as `sample` draws by default).") var refWeights: StartWeights = .ema
+    @Flag(name: .customLong("raw-start"), help: "The same as --weights raw.") var rawStartFlag = false
+    @Flag(name: .customLong("ref-raw"), help: "The same as --ref-weights raw.") var refRawFlag = false
+    var rawStart: Bool { rawStartFlag || weights == .raw }
+    var refRaw: Bool { refRawFlag || refWeights == .raw }
     @OptionGroup var input: InputOptions
     @Option(name: .customLong("metrics"), help: "Append the metrics JSON line to this file (default: stdout).") var metrics: String?
 
     @Option(name: .customLong("epochs"), help: "Passes over the buffer.") var epochs = 1
-    @Option(name: .customLong("minibatch"), help: "Samples per optimizer step.") var minibatch = 64
+    @Option(name: [.customLong("batch"), .customLong("minibatch")], help: "Samples per optimizer step (minibatch).") var minibatch = 64
     @Option(name: .customLong("lr"), help: "AdamW learning rate.") var lr: Float = 1e-4
     @Option(name: .customLong("warmup"), help: "Linear warmup steps (on the checkpoint's global optimizer step).") var warmup = 0
     @Option(name: .customLong("weight-decay"), help: "AdamW weight decay.") var weightDecay: Float = 0
@@ -61,11 +73,11 @@ struct RLStep: ParsableCommand {
     @OptionGroup var threads: ThreadOptions
 
     func validate() throws {
-        if !["am", "grpo", "crd", "nft"].contains(algo) { throw ValidationError("--algo must be am, grpo, crd or nft") }
         try fp.validate(algo: algo)
-        if epochs < 1 || minibatch < 1 { throw ValidationError("--epochs and --minibatch must be positive") }
+        if epochs < 1 || minibatch < 1 { throw ValidationError("--epochs and --batch must be positive") }
         if !(lr > 0) || warmup < 0 || !(maxGradNorm >= 0) { throw ValidationError("--lr must be positive, --warmup and --max-grad-norm >= 0") }
         if !(0...1).contains(emaDecay) { throw ValidationError("--ema-decay must be in [0, 1]") }
+        if !(split >= 0 && split <= 1) { throw ValidationError("--split must be in [0, 1]") }
         if !lambda.isFinite || !(timestepFraction > 0 && timestepFraction <= 1) { throw ValidationError("--lambda must be finite, --timestep-fraction in (0, 1]") }
         if !(clipQuantile > 0) || !(0..<1).contains(clipRho) || !(clipCap >= 1) { throw ValidationError("--clip-quantile > 0, --clip-rho in [0, 1), --clip-cap >= 1") }
         if !(beta >= 0) || !(clipRange > 0) || !(advClip > 0) { throw ValidationError("--beta >= 0, --clip-range > 0, --adv-clip > 0") }
@@ -73,6 +85,8 @@ struct RLStep: ParsableCommand {
 
     func run() throws {
         threads.apply()
+        // Opened first, so an unwritable metrics path fails before any work or output.
+        let metricsFile = try metrics.map { try TextFile(path: $0) }
         let record = try Checkpoint.read(model)
         guard record.metadata["arch"] != nil else { throw ToolError("\(model) is not a velocity-model checkpoint (no `arch` metadata)") }
         // A checkpoint rlstep did not write (a `train` base) starts the policy from the weights
@@ -122,6 +136,7 @@ struct RLStep: ParsableCommand {
 
         var meta = objective.state()
         meta["tool"] = "rlstep"
+        meta["version"] = Toolkit.version
         meta["rl.algo"] = algo
         meta["rl.reference"] = refDigest
         if let bm = buffer.metadata["model"] { meta["rl.buffer_model"] = bm }
@@ -133,16 +148,22 @@ struct RLStep: ParsableCommand {
             : "epochs=\(epochs) minibatch=\(minibatch) lr=\(lr) warmup=\(warmup) weight_decay=\(weightDecay) max_grad_norm=\(maxGradNorm) ema_decay=\(emaDecay) seed=\(seed) beta=\(beta) clip_range=\(clipRange) adv_norm=\(advNorm.rawValue) adv_clip=\(advClip) ratio_norm=\(ratioNorm)"
         var next = TrainingCheckpoint.record(model: net, optimizer: optimizer, ema: ema, step: trainer.step, parentDigest: digest, metadata: meta)
         for (name, t) in holder?.snapshotTensors ?? [] { next[name] = t }
-        try Checkpoint.write(next, to: out)
-
+        // The checkpoint appears only after the metrics line is written: a metrics file or
+        // stdout that cannot be written (full disk) leaves no checkpoint behind. A reader that
+        // closed stdout (`| head`) still gets the checkpoint, and the tool exits quietly.
+        let pending = try Checkpoint.prepare(next, to: out)
         let line = RLTrainer.json(m, strings: [("algo", algo), ("model", digest), ("reference", refDigest)]) + "\n"
-        if let metrics {
-            let fd = open(metrics, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-            guard fd >= 0 else { throw ToolError("cannot open \(metrics): \(String(cString: strerror(errno)))") }
-            defer { close(fd) }
-            _ = line.withCString { write(fd, $0, strlen($0)) }
-        } else {
-            FileHandle.standardOutput.write(line.data(using: .utf8)!)
+        do {
+            if let metricsFile {
+                try metricsFile.write(line)
+                try metricsFile.close()
+            } else {
+                try TextOutput.standardOutput(line)
+            }
+        } catch is BrokenPipe {
+            try pending.commit()
+            throw BrokenPipe()
         }
+        try pending.commit()
     }
 }

@@ -20,24 +20,29 @@ struct Sample: ParsableCommand {
           sample --model m.safetensors --n 64 --sampler flowgrpo --record \\
             | sample logprob --model m.safetensors
         """,
+        version: Toolkit.version,
         subcommands: [Generate.self, LogProb.self],
         defaultSubcommand: Generate.self)
 }
+
+extension SamplerKind: ExpressibleByArgument {}
+
+/// --weights: which weights of a checkpoint to draw with.
+enum Weights: String, CaseIterable, ExpressibleByArgument { case ema, raw, sampling }
 
 /// Options shared by both subcommands: which checkpoint and which of its weights.
 struct ModelOptions: ParsableArguments {
     @Option(help: "Checkpoint (safetensors) written by train or rlstep.")
     var model: String
 
-    @Flag(help: "Use the raw weights, not the EMA weights (checkpoints without EMA weights always use the raw ones).")
+    @Flag(help: "The same as --weights raw.")
     var noEma = false
 
-    @Option(help: "Which weights: ema (default when present), raw, or sampling (the rollout snapshot rlstep --algo crd|nft keeps).")
-    var weights: String?
+    @Option(help: "Which weights: ema (default when present; checkpoints without EMA weights use the raw ones), raw, or sampling (the rollout snapshot rlstep --algo crd|nft keeps).")
+    var weights: Weights?
 
     func validate() throws {
-        if let w = weights, !["ema", "raw", "sampling"].contains(w) { throw ValidationError("--weights must be ema, raw or sampling") }
-        if noEma && weights != nil && weights != "raw" { throw ValidationError("--no-ema conflicts with --weights \(weights!)") }
+        if noEma, let w = weights, w != .raw { throw ValidationError("--no-ema conflicts with --weights \(w.rawValue)") }
     }
 
     /// The network, the checkpoint's SHA-256, which weights were loaded ("ema", "raw" or "sampling"), the step.
@@ -45,7 +50,7 @@ struct ModelOptions: ParsableArguments {
         let bytes = try readFile(model)
         let record: Record
         do { record = try RecordCodec.decode(bytes) } catch { throw ToolError("\(model) is not a valid safetensors checkpoint: \(error)") }
-        if sampling ?? (weights == "sampling") {
+        if sampling ?? (weights == .sampling) {
             guard let prefix = record.metadata["rl.sampling_weights"] else {
                 throw ToolError("\(model) has no sampling snapshot (metadata `rl.sampling_weights`, written by rlstep --algo crd|nft)")
             }
@@ -53,7 +58,7 @@ struct ModelOptions: ParsableArguments {
             return (net, SHA256.hex(bytes), "sampling", try TrainingCheckpoint.step(of: record))
         }
         let hasEMA = record.names.contains { $0.hasPrefix("ema.") }
-        let useEMA = (preferEMA ?? !(noEma || weights == "raw")) && hasEMA
+        let useEMA = (preferEMA ?? !(noEma || weights == .raw)) && hasEMA
         let net = try VelocityNet.load(from: record, ema: useEMA)
         return (net, SHA256.hex(bytes), useEMA ? "ema" : "raw", try TrainingCheckpoint.step(of: record))
     }
@@ -89,7 +94,7 @@ extension Sample {
 
         @OptionGroup var modelOptions: ModelOptions
 
-        @Option(help: "Number of samples (default 64; with --labels-from, one per label read, times --group).")
+        @Option(name: [.short, .customLong("n")], help: "Number of samples (default 64; with --labels-from, one per label read, times --group).")
         var n: Int?
 
         @Option(help: "First sample id.")
@@ -110,8 +115,8 @@ extension Sample {
         @Option(help: "Draw G samples per label; writes `group` = id / G.")
         var group: Int?
 
-        @Option(help: "Sampler: \(SamplerKind.allCases.map(\.rawValue).joined(separator: ", ")).")
-        var sampler: String = "euler"
+        @Option(help: "Sampler.")
+        var sampler: SamplerKind = .euler
 
         @Option(help: "Sampling steps (NFE per sample: steps, x2 with CFG, about x2 for heun).")
         var steps: Int = 20
@@ -146,15 +151,12 @@ extension Sample {
 
         func validate() throws {
             if let n, n < 0 { throw ValidationError("--n must be >= 0") }
-            guard steps >= 1 else { throw ValidationError("--steps must be >= 1") }
-            guard SamplerKind(rawValue: sampler) != nil else {
-                throw ValidationError("unknown --sampler '\(sampler)' (known: \(SamplerKind.allCases.map(\.rawValue).joined(separator: ", ")))")
-            }
+            guard (1...Sampler.maxSteps).contains(steps) else { throw ValidationError("--steps must be in 1...\(Sampler.maxSteps)") }
             if label != nil && labelsFrom != nil { throw ValidationError("give --label or --labels-from, not both") }
         }
 
         func makeSampler(nullLabel: Int) throws -> Sampler {
-            let kind = SamplerKind(rawValue: sampler)!
+            let kind = sampler
             var window: Range<Int>?
             if let sdeWindow {
                 let text = sdeWindow.contains("..<") ? sdeWindow : sdeWindow.replacingOccurrences(of: "..", with: "..<")
@@ -199,6 +201,12 @@ extension Sample {
                 labels = .balanced(numClasses: max(1, config.numClasses))
             }
             let plan = try GenerationPlan(n: count, offset: offset, batch: batch, group: G, labels: labels)
+            // A recorded record holds [B, S+1, D] states: refuse what readers would refuse
+            // (--max-record-mib's default) instead of failing on the allocation.
+            let perSample = (record ? steps + 2 : 1) * config.sampleDimension * 4
+            if perSample > 0, min(batch, max(count, 1)) > (8192 << 20) / perSample {
+                throw ToolError("records of \(min(batch, count)) samples with \(steps) recorded steps exceed 8 GiB; lower --batch or --steps")
+            }
 
             BLAS.setThreads(1)  // parallel over samples instead; results do not depend on --threads
             let runner = ParallelSampler(model: net, sampler: sampler, seed: seed, threads: threads.count)
@@ -270,14 +278,20 @@ extension Sample {
         @OptionGroup var input: InputOptions
         @OptionGroup var threads: ThreadOptions
 
+        func validate() throws {
+            guard tolerance >= 0 else { throw ValidationError("--tolerance must be a number >= 0") }
+        }
+
         func run() throws {
             let reader = try input.reader()
             var check = LogProbCheck()
             var loaded: [String: (VelocityNet, String)] = [:]
             BLAS.setThreads(1)
             while let record = try reader.read() {
-                let preferEMA: Bool = modelOptions.noEma ? false : (record.metadata["weights"] != "raw")
-                let key = record.metadata["weights"] == "sampling" && !modelOptions.noEma ? "sampling" : (preferEMA ? "ema" : "raw")
+                // --weights (or --no-ema) overrides the weights the record says it was drawn with
+                let chosen = modelOptions.noEma ? "raw" : (modelOptions.weights?.rawValue ?? record.metadata["weights"] ?? "ema")
+                let key = chosen == "sampling" ? "sampling" : (chosen == "raw" ? "raw" : "ema")
+                let preferEMA = key == "ema"
                 if loaded[key] == nil {
                     let m = try modelOptions.load(preferEMA: preferEMA, sampling: key == "sampling")
                     loaded[key] = (m.net, m.digest)
@@ -286,7 +300,7 @@ extension Sample {
                 if let stored = record.metadata["model"], stored != digest { check.modelMismatch = true }
                 try check.check(record: record, model: net, threads: threads.count)
             }
-            print(check.json)
+            try printLine(check.json)
             if check.maxAbsDiff > tolerance {
                 throw ToolError("recomputed log-probs differ from the stored ones by up to \(check.maxAbsDiff) (> --tolerance \(tolerance))")
             }

@@ -14,15 +14,22 @@ extension Tensors {
         @Argument(help: "Streams to read in order (default: standard input).")
         var files: [String] = []
 
-        @OptionGroup var input: InputOptions
+        @Option(name: [.short, .customLong("input")], help: "Input stream (the same as one FILE).")
+        var input: String?
+
+        @OptionGroup var limits: RecordLimitOptions
         @OptionGroup var output: OutputOptions
         @OptionGroup var progress: ProgressOptions
+
+        func validate() throws {
+            if !files.isEmpty && input != nil { throw ValidationError("give the inputs as FILEs or as -i FILE, not both") }
+        }
 
         func run() throws {
             let writer = try output.writer()
             let bar = Progress(label: "records", enabled: progress.showProgress)
-            for path in files.isEmpty ? [input.input ?? "-"] : files {
-                let reader = try input.reader(path)
+            for path in files.isEmpty ? [input ?? "-"] : files {
+                let reader = try limits.reader(path)
                 while let record = try reader.read() {
                     try writer.write(record)
                     bar.advance()

@@ -66,7 +66,7 @@ extension Tensors {
                 record["x"] = Tensor(x, shape: [b, c, h, w])
                 if let labelBytes { record["y"] = Tensor(labelBytes[start..<(start + b)].map { Int64($0) }, shape: [b]) }
                 record["id"] = Tensor((start..<(start + b)).map { Int64($0) }, shape: [b])
-                record.metadata = ["tool": "tensors from-idx", "source": images]
+                record.metadata = ["tool": "tensors from-idx", "version": Toolkit.version, "source": images]
                 try writer.write(record)
                 start += b
             }

@@ -97,7 +97,7 @@ extension Tensors {
                 record["x"] = Tensor(x, shape: [b, shape!.c, shape!.h, shape!.w])
                 if labels { record["y"] = Tensor(y, shape: [b]) }
                 record["id"] = Tensor((start..<(start + b)).map { Int64($0) }, shape: [b])
-                record.metadata = ["tool": "tensors from-png"]
+                record.metadata = ["tool": "tensors from-png", "version": Toolkit.version]
                 if labels { record.metadata["labels"] = labelMap }
                 try writer.write(record)
                 start += b

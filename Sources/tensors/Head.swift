@@ -11,7 +11,7 @@ extension Tensors {
               tensors head --skip 30000 < train.tzst > second-half.tzst     (samples 30000 to the end)
             """)
 
-        @Option(name: .short, help: "Number of samples (default: all that follow --skip).")
+        @Option(name: [.short, .customLong("n")], help: "Number of samples (default: all that follow --skip).")
         var n: Int?
 
         @Option(name: .customLong("skip"), help: "Samples to drop first.")

@@ -12,9 +12,6 @@ extension Tensors {
               tensors stats --json --tensor x train.tzst
             """)
 
-        @Argument(help: "Stream to read (default: standard input).")
-        var file: String?
-
         @OptionGroup var input: InputOptions
 
         @Option(name: .customLong("tensor"), help: "Summarise only this tensor (repeatable; default: every numeric tensor).")
@@ -24,11 +21,11 @@ extension Tensors {
         var json = false
 
         func run() throws {
-            let summaries = try StreamSummary.summarise(try input.reader(file ?? input.input), names: names)
+            let summaries = try StreamSummary.summarise(try input.reader(), names: names)
             for s in summaries {
-                if json { print(s.json); continue }
+                if json { try printLine(s.json); continue }
                 func g(_ v: Double) -> String { String(format: "%.6g", v) }
-                print("\(s.name.padding(toLength: max(12, s.name.count), withPad: " ", startingAt: 0)) \(s.dtype.rawValue.padding(toLength: 5, withPad: " ", startingAt: 0))"
+                try printLine("\(s.name.padding(toLength: max(12, s.name.count), withPad: " ", startingAt: 0)) \(s.dtype.rawValue.padding(toLength: 5, withPad: " ", startingAt: 0))"
                       + " count \(s.count)  mean \(g(s.mean))  std \(g(s.std))  min \(g(s.min))  max \(g(s.max))"
                       + (s.nonFinite > 0 ? "  nonfinite \(s.nonFinite)" : ""))
             }

@@ -15,6 +15,7 @@ struct Tensors: ParsableCommand {
           tensors head -n 64 < train.tzst | tensors to-png --grid 8x8 -o grid.png
           tensors info train.tzst
         """,
+        version: Toolkit.version,
         subcommands: [Info.self, Stats.self, Head.self, Cat.self, FromIDX.self, FromPNG.self, ToPNG.self, Reward.self]
     )
 }

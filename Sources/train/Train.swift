@@ -27,7 +27,8 @@ struct Train: ParsableCommand {
           train --resume sit.safetensors --steps 6000 --metrics sit.jsonl -o sit.safetensors < train.tzst
           train --config '{"arch":"mlp","channels":2,"height":1,"width":1,"num_classes":3,\\
                 "hidden_size":64,"depth":2}' --steps 500 -o toy.safetensors < toy.tzst
-        """)
+        """,
+        version: Toolkit.version)
 
     @Option(name: [.short, .customLong("output")], help: "The checkpoint to write (safetensors).")
     var output: String
@@ -38,7 +39,7 @@ struct Train: ParsableCommand {
     @Option(help: "Architecture as JSON (inline, or a path to a .json file), the `config` of docs/models.md.")
     var config: String?
 
-    @Option(help: "Number of classes for --model (labels 0..<K; K is the null label).")
+    @Option(name: [.customLong("num-classes"), .customLong("classes")], help: "Number of classes for --model (labels 0..<K; K is the null label).")
     var classes: Int = 10
 
     @Option(help: "Continue a run from its checkpoint (same data stream).")
@@ -62,10 +63,10 @@ struct Train: ParsableCommand {
     @Option(help: "AdamW decoupled weight decay (default 0).")
     var weightDecay: Float?
 
-    @Option(help: "Clip the global gradient norm to this (default 1; 0: no clipping).")
+    @Option(name: [.customLong("max-grad-norm"), .customLong("grad-clip")], help: "Clip the global gradient norm to this (default 1; 0: no clipping).")
     var gradClip: Double?
 
-    @Option(help: "EMA decay (default 0.999; the effective decay at step k is min(decay, (1+k)/(10+k))).")
+    @Option(name: [.customLong("ema-decay"), .customLong("ema")], help: "EMA decay (default 0.999; the effective decay at step k is min(decay, (1+k)/(10+k))).")
     var ema: Float?
 
     @Option(help: "Probability of replacing a label by the null label (default 0.1).")
@@ -94,7 +95,7 @@ struct Train: ParsableCommand {
         guard steps >= 0 else { throw ValidationError("--steps must be >= 0") }
         guard saveEvery >= 0 else { throw ValidationError("--save-every must be >= 0") }
         guard logEvery >= 1 else { throw ValidationError("--log-every must be >= 1") }
-        guard classes >= 1 else { throw ValidationError("--classes must be >= 1") }
+        guard classes >= 1 else { throw ValidationError("--num-classes must be >= 1") }
         if resume != nil && (model != nil || config != nil || initFrom != nil) {
             throw ValidationError("--resume takes the model from the checkpoint; drop --model/--config/--init-from")
         }
@@ -126,6 +127,14 @@ struct Train: ParsableCommand {
             if let initFrom {
                 net = try VelocityNet.load(path: initFrom)
                 parent = try Checkpoint.digest(initFrom)
+                // The architecture comes from the checkpoint; a --model/--config that asks for
+                // another one is an error, not silently ignored.
+                if model != nil || config != nil {
+                    let asked = try modelConfig(for: data)
+                    guard asked == net.config else {
+                        throw ToolError("--init-from \(initFrom) holds the architecture \(net.config.json()), not the requested \(asked.json()); drop --model/--config or give the matching one")
+                    }
+                }
             } else {
                 net = try VelocityNet.make(try modelConfig(for: data), seed: settings.seed)
             }
@@ -137,7 +146,7 @@ struct Train: ParsableCommand {
             try Checkpoint.write(trainer.checkpointRecord(parentDigest: parent, metadata: meta), to: output)
         }
 
-        var log: FileHandle?
+        var log: TextFile?
         if let metrics { log = try MetricsLog.open(metrics, keepingThrough: trainer.step) }
         let bar = Progress(label: "train", total: max(0, steps - trainer.step), enabled: progress.showProgress)
         let started = Date()
@@ -153,7 +162,7 @@ struct Train: ParsableCommand {
             if let log, s.step % logEvery == 0 || s.step == steps {
                 let now = Date()
                 let rate = Double(windowImages) / max(now.timeIntervalSince(windowStart), 1e-9)
-                log.write(MetricsLog.line(s, imagesPerSecond: rate).data(using: .utf8)!)
+                try log.write(MetricsLog.line(s, imagesPerSecond: rate))
                 windowStart = now
                 windowImages = 0
             }

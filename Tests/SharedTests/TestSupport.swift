@@ -53,6 +53,9 @@ enum TestSupport {
     }
 
     static var productsDirectory: URL {
+        // DRL_TOOLS_DIR runs the tool tests against other builds (e.g. to see a new test fail
+        // on the code before a fix).
+        if let dir = ProcessInfo.processInfo.environment["DRL_TOOLS_DIR"], !dir.isEmpty { return URL(fileURLWithPath: dir) }
         for bundle in Bundle.allBundles where bundle.bundlePath.hasSuffix(".xctest") {
             return bundle.bundleURL.deletingLastPathComponent()
         }
@@ -66,7 +69,8 @@ enum TestSupport {
     }
 
     /// Runs a built tool with the given stdin, with a time limit so a hang fails the test.
-    static func run(_ tool: String, _ arguments: [String], stdin: [UInt8] = [], timeout: TimeInterval = 60) throws -> Result {
+    /// `stdoutPath` sends stdout to that file instead (e.g. /dev/full; `stdout` is then empty).
+    static func run(_ tool: String, _ arguments: [String], stdin: [UInt8] = [], timeout: TimeInterval = 60, stdoutPath: String? = nil) throws -> Result {
         let process = Process()
         process.executableURL = tool.hasPrefix("/") ? URL(fileURLWithPath: tool) : productsDirectory.appendingPathComponent(tool)
         process.arguments = arguments
@@ -76,7 +80,7 @@ enum TestSupport {
         FileManager.default.createFile(atPath: outPath, contents: nil)
         FileManager.default.createFile(atPath: errPath, contents: nil)
         process.standardInput = FileHandle(forReadingAtPath: inPath)
-        process.standardOutput = FileHandle(forWritingAtPath: outPath)
+        process.standardOutput = FileHandle(forWritingAtPath: stdoutPath ?? outPath)
         process.standardError = FileHandle(forWritingAtPath: errPath)
         try process.run()
         let deadline = Date().addingTimeInterval(timeout)
@@ -92,6 +96,28 @@ enum TestSupport {
         let out = try readFile(outPath)
         let err = String(decoding: try readFile(errPath), as: UTF8.self)
         try? FileManager.default.removeItem(atPath: dir)
-        return Result(status: process.terminationStatus, stdout: out, stderr: err)
+        // A signal (a trap) is not an exit status: report it as 128 + signal, as a shell does.
+        let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+        return Result(status: status, stdout: out, stderr: err)
+    }
+
+    /// A full device (writes fail with ENOSPC): /dev/full, or, where a container lacks it, the
+    /// same device node made in the temporary folder. Skips the test when neither is possible.
+    static func fullDevice() throws -> String {
+        var st = stat()
+        if stat("/dev/full", &st) == 0, (st.st_mode & S_IFMT) == S_IFCHR { return "/dev/full" }
+        let path = NSTemporaryDirectory() + "drl-tests-full-\(getpid())"
+        if stat(path, &st) == 0 {
+            if (st.st_mode & S_IFMT) == S_IFCHR { return path }
+            unlink(path)  // a tool under test replaced the node by a file (the bug being tested)
+        }
+        // device 1:7 is Linux's full device (dev_t encoding for small major/minor numbers)
+        guard mknod(path, S_IFCHR | 0o666, dev_t(0x107)) == 0 else { throw XCTSkip("no /dev/full, and cannot make one") }
+        return path
+    }
+
+    /// Runs a bash script with the built tools first on PATH.
+    static func shell(_ script: String, stdin: [UInt8] = [], timeout: TimeInterval = 60) throws -> Result {
+        try run("/bin/bash", ["-c", "PATH=\(productsDirectory.path):$PATH; " + script], stdin: stdin, timeout: timeout)
     }
 }

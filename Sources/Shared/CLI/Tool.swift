@@ -28,6 +28,12 @@ public enum ToolMain {
         }
         do {
             try command.run()
+            // A report printed through stdio that could not be written (a full disk) is an
+            // error, not status 0 with an empty file; a closed pipe still exits quietly.
+            if fflush(stdout) != 0 || ferror(stdout) != 0 {
+                if errno == EPIPE { exit(0) }
+                fail(name, "cannot write standard output: \(String(cString: strerror(errno)))")
+            }
             exit(0)
         } catch is BrokenPipe {
             exit(0)
@@ -59,18 +65,40 @@ public enum ToolMain {
     }
 }
 
-/// `-i FILE` (default: stdin) and the record-size cap.
+/// The input stream, netpbm's way: an optional positional FILE, or `-i FILE`, or stdin (also
+/// for `-`); and the record-size cap.
 public struct InputOptions: ParsableArguments {
-    @Option(name: [.short, .customLong("input")], help: "Input stream (default: standard input).")
+    @Argument(help: "Input stream (default: -i FILE, else standard input).")
+    public var file: String?
+
+    @Option(name: [.short, .customLong("input")], help: "Input stream (the same as FILE).")
     public var input: String?
 
+    @OptionGroup public var limits: RecordLimitOptions
+
+    public init() {}
+
+    /// The path given (FILE or -i), nil for stdin.
+    public var path: String? { file ?? input }
+
+    public func reader(_ path: String? = nil) throws -> TensorStreamReader {
+        try limits.reader(path ?? self.path)
+    }
+
+    public func validate() throws {
+        if file != nil && input != nil { throw ValidationError("give the input as FILE or as -i FILE, not both") }
+    }
+}
+
+/// `--max-record-mib`: the cap on one record's data when reading streams.
+public struct RecordLimitOptions: ParsableArguments {
     @Option(name: .customLong("max-record-mib"), help: "Refuse records whose data exceed this many MiB.")
     public var maxRecordMiB: Int = 8192
 
     public init() {}
 
-    public func reader(_ path: String? = nil) throws -> TensorStreamReader {
-        try TensorStreamReader(path: path ?? input, limits: RecordCodec.Limits(maxRecordBytes: maxRecordMiB << 20))
+    public func reader(_ path: String?) throws -> TensorStreamReader {
+        try TensorStreamReader(path: path, limits: RecordCodec.Limits(maxRecordBytes: maxRecordMiB << 20))
     }
 
     public func validate() throws {

@@ -188,7 +188,7 @@ public struct EncoderTrainingLog: Sendable {
 /// Trains a `ConvEncoder` on images held in memory ([n, C*H*W] in [-1, 1]; labels for the classifier).
 public enum EncoderTrainer {
     public static func train(_ enc: ConvEncoder, images: [Float], labels: [Int]?, options o: EncoderTrainingOptions,
-                             log: (EncoderTrainingLog) -> Void) throws {
+                             log: (EncoderTrainingLog) throws -> Void) throws {
         let cfg = enc.config
         let D = enc.sampleDimension
         let n = images.count / D
@@ -257,7 +257,7 @@ public enum EncoderTrainer {
             if step % max(1, o.logEvery) == 0 || step == o.steps {
                 let now = Date()
                 let rate = Double(imagesSince) / max(now.timeIntervalSince(since), 1e-9)
-                log(EncoderTrainingLog(step: step, loss: lossSum / Double(count), accuracy: accSum / Double(count), lr: lr, imagesPerSecond: rate))
+                try log(EncoderTrainingLog(step: step, loss: lossSum / Double(count), accuracy: accSum / Double(count), lr: lr, imagesPerSecond: rate))
                 lossSum = 0; accSum = 0; count = 0; imagesSince = 0; since = now
             }
         }

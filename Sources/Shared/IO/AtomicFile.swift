@@ -74,10 +74,16 @@ public final class AtomicFile {
     /// Writes a whole byte array atomically.
     public static func write(_ bytes: [UInt8], to path: String) throws {
         let file = try AtomicFile(path: path)
+        try file.write(bytes)
+        try file.commit()
+    }
+
+    /// Writes bytes to the (not yet committed) file.
+    public func write(_ bytes: [UInt8]) throws {
         try bytes.withUnsafeBytes { raw in
             var done = 0
             while done < raw.count {
-                let n = Glibc.write(file.fd, raw.baseAddress! + done, raw.count - done)
+                let n = Glibc.write(fd, raw.baseAddress! + done, raw.count - done)
                 if n < 0 {
                     if errno == EINTR { continue }
                     throw StreamError.io("cannot write \(path): \(String(cString: strerror(errno)))")
@@ -85,6 +91,5 @@ public final class AtomicFile {
                 done += n
             }
         }
-        try file.commit()
     }
 }

@@ -7,7 +7,36 @@ import Glibc
 /// the step, and the digest of the parent checkpoint. Writes are atomic.
 public enum Checkpoint {
     public static func write(_ record: Record, to path: String) throws {
-        try AtomicFile.write(RecordCodec.encode(record), to: path)
+        try AtomicFile.write(RecordCodec.encode(stamped(record)), to: path)
+    }
+
+    /// The record with metadata `version` (Toolkit.version) next to its `tool`, when missing.
+    static func stamped(_ record: Record) -> Record {
+        guard record.metadata["tool"] != nil, record.metadata["version"] == nil else { return record }
+        var r = record
+        r.metadata["version"] = Toolkit.version
+        return r
+    }
+
+    /// Whether the file at `path` is a plain safetensors file (a checkpoint) rather than a zstd
+    /// stream: no zstd magic, and a header length followed by `{`.
+    public static func isCheckpoint(_ path: String) -> Bool {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var head = [UInt8](repeating: 0, count: 9)
+        let n = head.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, 9) }
+        guard n == 9 else { return false }
+        if head[0...3] == [0x28, 0xB5, 0x2F, 0xFD] { return false }
+        return head[8] == UInt8(ascii: "{")
+    }
+
+    /// Writes the checkpoint under a temporary name; it appears at `path` on `commit()` (and
+    /// never, if the file is dropped uncommitted), so a tool can finish its other outputs first.
+    public static func prepare(_ record: Record, to path: String) throws -> AtomicFile {
+        let file = try AtomicFile(path: path)
+        try file.write(RecordCodec.encode(stamped(record)))
+        return file
     }
 
     public static func read(_ path: String, limits: RecordCodec.Limits = .init()) throws -> Record {

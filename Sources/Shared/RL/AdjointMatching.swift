@@ -215,7 +215,9 @@ public final class AdjointMatching: RLObjective {
         let kept = keep.filter { $0 }.count
         seen += samples.count
         masked += samples.count - kept
-        guard kept > 0 else { return 0 }
+        // Every sample masked because its loss is NaN/Inf means the model itself diverged: report
+        // it (the trainer refuses to write), not a zero loss that hides it.
+        guard kept > 0 else { return finite.isEmpty ? .nan : 0 }
         var dv = [Float](repeating: 0, count: R * D)
         r = 0
         var total = 0.0

@@ -92,6 +92,9 @@ public final class RLTrainer {
                 throw ToolError("parameter \(p.name) is NaN or Inf after the update; no checkpoint written")
             }
         }
+        // Finite weights can still be ruined (a huge --lr gives weights of 1e30 whose velocity
+        // overflows): the updated velocity on a few buffer states must be finite too.
+        try Self.checkVelocity(model: model, buffer: buffer)
         // Snapshot schedules count RL optimizer steps (AdamW's, fresh when RL starts from a `train`
         // base), not the checkpoint's step, which includes pretraining.
         try objective.finishRound(ctx, step: optimizer.stepCount)
@@ -113,6 +116,21 @@ public final class RLTrainer {
             m += st.values.map { ("image_" + $0.name, $0.value) }
         }
         return m
+    }
+
+    /// Throws when the model's velocity at the first states of up to 16 buffer samples holds
+    /// NaN or Inf.
+    static func checkVelocity(model: VelocityNet, buffer: RolloutBuffer) throws {
+        let n = min(buffer.count, 16), D = buffer.dim
+        guard n > 0 else { return }
+        var x = [Float](); x.reserveCapacity(n * D)
+        for i in 0..<n { let o = buffer.stateOffset(i, 0); x += buffer.trajectory[o..<(o + D)] }
+        // slot 0 is the noise for recorded rollouts (t = 1), the final sample for final-only buffers
+        let t = Float(buffer.steps == 0 ? 0.5 : Double(buffer.times[0]))
+        let v = model.velocity(x, t: [Float](repeating: t, count: n), y: Array(buffer.labels[0..<n]))
+        if v.contains(where: { !$0.isFinite }) {
+            throw ToolError("the updated model's velocity is NaN or Inf on the buffer's samples (the update diverged; lower --lr); no checkpoint written")
+        }
     }
 
     /// The metrics as one JSON object (one line), numbers with 9 significant digits, non-finite as null.

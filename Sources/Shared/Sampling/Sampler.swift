@@ -169,9 +169,13 @@ public struct Sampler: Sendable {
         self.shift = shift
     }
 
+    /// The most steps a grid may have: far past any useful NFE, and small enough that the grid
+    /// and per-step tables are never a giant allocation.
+    public static let maxSteps = 100_000
+
     public init(kind: SamplerKind, steps: Int, shift: Double = 1, eta: Double? = nil, sdeWindow: Range<Int>? = nil,
                 guidance: Guidance? = nil, memorylessOffset: Double? = nil) throws {
-        guard steps >= 1 else { throw SamplerError("steps must be >= 1, got \(steps)") }
+        guard (1...Self.maxSteps).contains(steps) else { throw SamplerError("steps must be in 1...\(Self.maxSteps), got \(steps)") }
         guard shift.isFinite, shift > 0 else { throw SamplerError("shift must be > 0, got \(shift)") }
         try self.init(kind: kind, times: TimeGrid.make(steps: steps, shift: shift), eta: eta, sdeWindow: sdeWindow,
                       guidance: guidance, memorylessOffset: memorylessOffset, shift: shift)

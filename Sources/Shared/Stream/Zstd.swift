@@ -4,7 +4,7 @@ import Glibc
 #endif
 
 /// Thrown when the reader of our output has gone away (EPIPE). Tools exit quietly on it.
-public struct BrokenPipe: Error {}
+public struct BrokenPipe: Error { public init() {} }
 
 /// Reads the decompressed bytes of a zstd stream from a file descriptor. Concatenated frames
 /// (and skippable frames) decode as one stream; input that ends inside a frame is an error.

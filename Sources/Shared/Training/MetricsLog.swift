@@ -7,19 +7,17 @@ public enum MetricsLog {
     /// Opens the file for appending. A fresh run (step 0) starts it empty; a resumed run keeps
     /// the lines up to and including `step` and drops later ones (written by the interrupted run
     /// after its last checkpoint), so the file always holds one line per logged step.
-    public static func open(_ path: String, keepingThrough step: Int) throws -> FileHandle {
+    public static func open(_ path: String, keepingThrough step: Int) throws -> TextFile {
         var kept = ""
         if step > 0, let text = try? String(contentsOfFile: path, encoding: .utf8) {
             for line in text.split(separator: "\n") {
                 if let k = stepOf(line), k <= step { kept += line + "\n" }
             }
         }
-        guard FileManager.default.createFile(atPath: path, contents: kept.data(using: .utf8)),
-              let handle = FileHandle(forWritingAtPath: path) else {
-            throw ToolError("cannot write the metrics file \(path)")
-        }
-        handle.seekToEndOfFile()
-        return handle
+        // Checked writes: a metrics file that cannot be written (full disk) is an error.
+        let file = try TextFile(path: path, truncate: true)
+        try file.write(kept)
+        return file
     }
 
     static func stepOf(_ line: Substring) -> Int? {
