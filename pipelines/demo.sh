@@ -38,12 +38,13 @@ echo
 echo "Before (base model) and after $last DRL rounds; $EVAL_N samples, Euler-$EVAL_STEPS, against the 10,000 test images:"
 echo
 awk -F'\t' -v n="$NAME" -v r="$last" 'BEGIN { OFS = "\t" } NR == 1 || ($1 == "base" && $2 == 0) || ($1 == n && $2 == r) {
-  printf "%-8s %6s %9s %10s %10s %10s %8s %8s %9s %11s\n", $1, $2, $3, $15, $5, $7, $8, $9, $10, $11 }' "$results"
+  printf "%-8s %6s %9s %10s %10s %10s %8s %8s %9s %11s %18s\n", $1, $2, $3, $15, $5, $7, $8, $9, $10, $11, $16 }' "$results"
 awk -F'\t' -v n="$NAME" -v r="$last" '$1 == "base" && $2 == 0 { b = $3 } $1 == n && $2 == r { d = $3 }
   END { if (b > 0) printf "\nheld-out FD: base %.1f -> DRL %.1f (%+.1f%%)\n", b, d, 100 * (d - b) / b }' "$results"
 echo
 echo "fd_eval: FD in the held-out classifier space (the discriminator never saw it); fd_pixels: FD in"
-echo "pixel space, the discriminator's; kid in x1000. Lower is better for FD and KID."
+echo "pixel space, the discriminator's; kid in x1000. Lower is better for FD and KID. class_consistency:"
+echo "the fraction of samples the evaluation classifier assigns to the requested class."
 echo "Grids: $RUN/base-vs-drl.png (top 5 rows base, bottom 5 rows DRL, same noise; column j = class j),"
 echo "       $RUN/eval/*-grid.png;  plot: $RUN/fd-over-rounds.png;  table: $results"
 echo "demo: finished in $(( SECONDS - start )) s"

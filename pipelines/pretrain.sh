@@ -17,7 +17,10 @@ SEED=${SEED:-0}
 ENC_DISC_KIND=${ENC_DISC_KIND:-simclr}        # simclr | classifier | none (a run whose discriminator works on pixels)
 ENC_DISC_STEPS=${ENC_DISC_STEPS:-900}
 ENC_EVAL_KIND=${ENC_EVAL_KIND:-classifier}
-ENC_EVAL_STEPS=${ENC_EVAL_STEPS:-1000}
+# 8000 steps (17 epochs) trains the held-out classifier to convergence: linear probe 0.923 on the
+# test split, classifier accuracy 0.922 (docs/results.md); 1000 steps gave 0.88, too weak to judge.
+ENC_EVAL_STEPS=${ENC_EVAL_STEPS:-8000}
+ENC_EVAL_SEED=${ENC_EVAL_SEED:-101}          # the seed of the encoder measured in docs/results.md
 ENC_BATCH=${ENC_BATCH:-128}
 BASE_MODEL=${BASE_MODEL:-mlp-small}           # mlp-tiny | mlp-small | sit-tiny | sit-small
 BASE_STEPS=${BASE_STEPS:-3000}
@@ -43,7 +46,7 @@ if [ ! -s "$RUN/enc-eval.safetensors" ]; then
   log "evaluation encoder: $ENC_EVAL_KIND, $ENC_EVAL_STEPS steps"
   t0=$SECONDS
   embed train --kind "$ENC_EVAL_KIND" -i "$RUN/train.tzst" -o "$RUN/enc-eval.safetensors" \
-    --steps "$ENC_EVAL_STEPS" --batch "$ENC_BATCH" --seed $((SEED + 1)) --threads "$THREADS" \
+    --steps "$ENC_EVAL_STEPS" --batch "$ENC_BATCH" --seed "$ENC_EVAL_SEED" --threads "$THREADS" \
     --metrics "$RUN/enc-eval-metrics.jsonl" $QUIET
   log "  $(( SECONDS - t0 )) s"
 fi
