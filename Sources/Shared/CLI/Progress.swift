@@ -1,7 +1,7 @@
 import Foundation
 
 /// A one-line progress bar on stderr, redrawn at most ten times a second.
-public final class Progress {
+public final class Progress: ProgressReporting {
     private let label: String
     private let total: Int?
     private let enabled: Bool

@@ -30,19 +30,19 @@ public struct LabelledFeatures {
         if needImages { out.images = [] }
         while let r = try reader.read() {
             let f = try r.require("feat", by: tool)
-            guard f.dtype == .f32, f.shape.count == 2 else { throw ToolError("\(reader.name): `feat` must be F32 [B, D], got \(f.dtype.rawValue) \(f.shape)") }
+            guard f.dtype == .f32, f.shape.count == 2 else { throw DiscriminatorError("\(reader.name): `feat` must be F32 [B, D], got \(f.dtype.rawValue) \(f.shape)") }
             let b = f.shape[0]
             if out.dim == 0 { out.dim = f.shape[1] }
-            guard f.shape[1] == out.dim else { throw ToolError("\(reader.name): feature dimension changes from \(out.dim) to \(f.shape[1])") }
+            guard f.shape[1] == out.dim else { throw DiscriminatorError("\(reader.name): feature dimension changes from \(out.dim) to \(f.shape[1])") }
             let enc = r.metadata["encoder"]
             if reader.recordsRead == 1 { out.encoder = enc } else if enc != out.encoder {
-                throw ToolError("\(reader.name): records carry features of different encoders (\(out.encoder ?? "none") and \(enc ?? "none"))")
+                throw DiscriminatorError("\(reader.name): records carry features of different encoders (\(out.encoder ?? "none") and \(enc ?? "none"))")
             }
             let fv = try f.floats()
-            if fv.contains(where: { !$0.isFinite }) { throw ToolError("\(reader.name): `feat` holds NaN or Inf") }
+            if fv.contains(where: { !$0.isFinite }) { throw DiscriminatorError("\(reader.name): `feat` holds NaN or Inf") }
             out.features += fv
             if let y = r["y"] {
-                guard y.shape == [b] else { throw ToolError("\(reader.name): `y` has shape \(y.shape), expected [\(b)]") }
+                guard y.shape == [b] else { throw DiscriminatorError("\(reader.name): `y` has shape \(y.shape), expected [\(b)]") }
                 out.labels += try y.int64s().map { Int($0) }
             } else if requireLabels {
                 throw StreamError.missingTensor("y", tool: tool)
@@ -51,10 +51,10 @@ public struct LabelledFeatures {
             }
             if needImages {
                 let x = try r.require("x", by: tool + " (R1 needs the images)")
-                guard x.dtype == .f32, x.shape.count == 4, x.shape[0] == b else { throw ToolError("\(reader.name): `x` must be F32 [B, C, H, W] with B = \(b), got \(x.shape)") }
+                guard x.dtype == .f32, x.shape.count == 4, x.shape[0] == b else { throw DiscriminatorError("\(reader.name): `x` must be F32 [B, C, H, W] with B = \(b), got \(x.shape)") }
                 let shape = Array(x.shape.dropFirst())
                 if out.imageShape == nil { out.imageShape = shape }
-                guard shape == out.imageShape! else { throw ToolError("\(reader.name): image shape changes from \(out.imageShape!) to \(shape)") }
+                guard shape == out.imageShape! else { throw DiscriminatorError("\(reader.name): image shape changes from \(out.imageShape!) to \(shape)") }
                 out.images! += try x.floats()
             }
         }
@@ -235,33 +235,22 @@ public struct DiscriminatorTrainReport {
 }
 
 public enum DiscriminatorTrainer {
-    static func shuffled(_ n: Int, _ rng: inout CounterRNG) -> [Int] {
-        var a = Array(0..<n)
-        if n > 1 {
-            for i in stride(from: n - 1, to: 0, by: -1) {
-                let j = Int(rng.next() % UInt64(i + 1))
-                a.swapAt(i, j)
-            }
-        }
-        return a
-    }
-
     /// Splits off a held-out fraction of each side, trains with Adam over buffered epochs,
     /// evaluates every `evalEvery` steps on the held-out split and stops after `patience`
     /// evaluations without a better held-out loss; ends with the best weights.
     public static func train(head: ProjectionHead, real: LabelledFeatures, fake: LabelledFeatures,
                              options o: DiscriminatorTrainOptions, encoder: FeatureEncoder? = nil,
                              log: ((Int, DiscriminatorEvaluation) -> Void)? = nil) throws -> DiscriminatorTrainReport {
-        guard real.count > 0, fake.count > 0 else { throw ToolError("discriminator training needs real and fake samples (got \(real.count) real, \(fake.count) fake)") }
+        guard real.count > 0, fake.count > 0 else { throw DiscriminatorError("discriminator training needs real and fake samples (got \(real.count) real, \(fake.count) fake)") }
         guard real.dim == head.config.featureDim, fake.dim == head.config.featureDim else {
-            throw ToolError("feature dimensions \(real.dim) (real) and \(fake.dim) (fake) do not match the head's \(head.config.featureDim)")
+            throw DiscriminatorError("feature dimensions \(real.dim) (real) and \(fake.dim) (fake) do not match the head's \(head.config.featureDim)")
         }
         try head.validate(labels: real.labels)
         try head.validate(labels: fake.labels)
-        if o.r1 > 0 && (encoder == nil || real.images == nil) { throw ToolError("--r1 needs the real images (`x`) and the encoder") }
+        if o.r1 > 0 && (encoder == nil || real.images == nil) { throw DiscriminatorError("--r1 needs the real images (`x`) and the encoder") }
         var rng = CounterRNG(seed: o.seed, stream: 0xD15C)
         func split(_ s: LabelledFeatures) -> (LabelledFeatures, LabelledFeatures?) {
-            let perm = shuffled(s.count, &rng)
+            let perm = shuffledIndices(s.count, &rng)
             let nh = o.holdout > 0 && s.count >= 2 ? min(s.count - 1, max(1, Int((Double(s.count) * o.holdout).rounded()))) : 0
             return (s.subset(perm[nh...]), nh > 0 ? s.subset(perm[..<nh]) : nil)
         }
@@ -275,12 +264,12 @@ public enum DiscriminatorTrainer {
         var bestWeights: [[Float]]?
         var bad = 0
         var step = 0
-        var permR = shuffled(tr.count, &rng), permF = shuffled(tf.count, &rng)
+        var permR = shuffledIndices(tr.count, &rng), permF = shuffledIndices(tf.count, &rng)
         var curR = 0, curF = 0
         func draw(_ n: Int, _ perm: inout [Int], _ cur: inout Int, _ count: Int) -> [Int] {
             var out: [Int] = []
             for _ in 0..<n {
-                if cur == count { perm = shuffled(count, &rng); cur = 0 }
+                if cur == count { perm = shuffledIndices(count, &rng); cur = 0 }
                 out.append(perm[cur]); cur += 1
             }
             return out
@@ -291,14 +280,14 @@ public enum DiscriminatorTrainer {
             let bufR = draw(bR * o.bufferBatches, &permR, &curR, tr.count)
             let bufF = draw(bF * o.bufferBatches, &permF, &curF, tf.count)
             for _ in 0..<o.bufferEpochs {
-                let order = shuffled(o.bufferBatches, &rng)
+                let order = shuffledIndices(o.bufferBatches, &rng)
                 for m in order {
                     let ir = bufR[(m * bR)..<((m + 1) * bR)], iF = bufF[(m * bF)..<((m + 1) * bF)]
                     let r = tr.subset(ir), f = tf.subset(iF)
                     head.params.zeroGrad()
                     let (loss, _, _) = DiscriminatorLoss.accumulate(head: head, realFeatures: r.features, realLabels: r.labels, realImages: r.images,
                                                                     fakeFeatures: f.features, fakeLabels: f.labels, r1: o.r1, encoder: encoder)
-                    guard loss.isFinite else { throw ToolError("discriminator loss became \(loss) at step \(step + 1)") }
+                    guard loss.isFinite else { throw DiscriminatorError("discriminator loss became \(loss) at step \(step + 1)") }
                     opt.step()
                     step += 1
                     if let hr, let hf, step % o.evalEvery == 0 || step == o.maxSteps {
@@ -321,7 +310,7 @@ public enum DiscriminatorTrainer {
         report.steps = step
         if let bestWeights { for (p, w) in zip(head.params.all, bestWeights) { p.values = w } } else { report.bestStep = step }
         for p in head.params.all where p.values.contains(where: { !$0.isFinite }) {
-            throw ToolError("discriminator weights hold NaN or Inf after training")
+            throw DiscriminatorError("discriminator weights hold NaN or Inf after training")
         }
         if let hr, let hf { report.heldOut = DiscriminatorLoss.evaluate(head: head, real: hr, fake: hf) }
         report.train = DiscriminatorLoss.evaluate(head: head, real: tr, fake: tf)

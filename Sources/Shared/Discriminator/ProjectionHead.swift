@@ -24,8 +24,8 @@ public struct DiscriminatorConfig: Codable, Equatable, Sendable {
     public static let blocks = 2
 
     public func validate() throws {
-        guard head == "linear" || head == "mlp" else { throw ToolError("discriminator head must be linear or mlp, got \(head)") }
-        guard featureDim > 0, width > 0, numClasses >= 0 else { throw ToolError("discriminator config: sizes must be positive") }
+        guard head == "linear" || head == "mlp" else { throw DiscriminatorError("discriminator head must be linear or mlp, got \(head)") }
+        guard featureDim > 0, width > 0, numClasses >= 0 else { throw DiscriminatorError("discriminator config: sizes must be positive") }
     }
 
     public func json() -> String {
@@ -36,7 +36,7 @@ public struct DiscriminatorConfig: Codable, Equatable, Sendable {
 
     public static func from(json: String) throws -> DiscriminatorConfig {
         guard let c = try? JSONDecoder().decode(DiscriminatorConfig.self, from: Data(json.utf8)) else {
-            throw ToolError("discriminator checkpoint has an unreadable `config`: \(json)")
+            throw DiscriminatorError("discriminator checkpoint has an unreadable `config`: \(json)")
         }
         try c.validate()
         return c
@@ -98,7 +98,7 @@ public final class ProjectionHead {
     public func validate(labels: [Int]) throws {
         guard config.numClasses > 0 else { return }
         if let bad = labels.first(where: { $0 < 0 || $0 >= config.numClasses }) {
-            throw ToolError("label \(bad) is outside the discriminator's classes 0..<\(config.numClasses)")
+            throw DiscriminatorError("label \(bad) is outside the discriminator's classes 0..<\(config.numClasses)")
         }
     }
 
@@ -190,9 +190,9 @@ public final class ProjectionHead {
     public static func load(from record: Record, name: String = "checkpoint") throws -> (ProjectionHead, encoder: String) {
         guard record.metadata["kind"] == kind, let json = record.metadata["config"] else {
             let what = record.metadata["kind"].map { "a `\($0)` checkpoint" } ?? (record.metadata["arch"] != nil ? "a velocity model" : "not a discriminator")
-            throw ToolError("\(name) is \(what), not a discriminator checkpoint (metadata kind = discriminator)")
+            throw DiscriminatorError("\(name) is \(what), not a discriminator checkpoint (metadata kind = discriminator)")
         }
-        guard let encoder = record.metadata["encoder"] else { throw ToolError("\(name) records no `encoder` digest") }
+        guard let encoder = record.metadata["encoder"] else { throw DiscriminatorError("\(name) records no `encoder` digest") }
         let head = try ProjectionHead(config: DiscriminatorConfig.from(json: json))
         try head.params.load(from: record, strict: true)
         return (head, encoder)

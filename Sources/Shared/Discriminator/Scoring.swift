@@ -23,7 +23,7 @@ public struct DiscriminatorScorer {
         guard let b = record.batchSize else { return record }  // no per-sample tensor: pass through
         let labels: [Int]
         if let y = record["y"] {
-            guard y.shape == [b] else { throw ToolError("`y` has shape \(y.shape), expected [\(b)]") }
+            guard y.shape == [b] else { throw DiscriminatorError("`y` has shape \(y.shape), expected [\(b)]") }
             labels = try y.int64s().map { Int($0) }
         } else if head.config.numClasses > 0 {
             throw StreamError.missingTensor("y", tool: tool + " (the discriminator is class-conditional)")
@@ -35,22 +35,22 @@ public struct DiscriminatorScorer {
         if let f = record["feat"] {
             let recEnc = record.metadata["encoder"]
             guard recEnc == encoderDigest else {
-                throw ToolError("features come from encoder \(recEnc ?? "(not named)") but the discriminator was trained on encoder \(encoderDigest)")
+                throw DiscriminatorError("features come from encoder \(recEnc ?? "(not named)") but the discriminator was trained on encoder \(encoderDigest)")
             }
             guard f.dtype == .f32, f.shape == [b, head.config.featureDim] else {
-                throw ToolError("`feat` must be F32 [\(b), \(head.config.featureDim)], got \(f.dtype.rawValue) \(f.shape)")
+                throw DiscriminatorError("`feat` must be F32 [\(b), \(head.config.featureDim)], got \(f.dtype.rawValue) \(f.shape)")
             }
             features = try f.floats()
         }
         var images: [Float]?
         if grad || features == nil {
             guard let encoder else {
-                if grad { throw ToolError("--grad needs the encoder (\(encoderDigest)); pass it with --encoder") }
+                if grad { throw DiscriminatorError("--grad needs the encoder (\(encoderDigest)); pass it with --encoder") }
                 throw StreamError.missingTensor("feat", tool: tool)
             }
             let x = try record.require("x", by: grad ? tool + " --grad" : tool + " (no `feat` to score)")
             guard x.dtype == .f32, x.shape == [b] + encoder.inputShape else {
-                throw ToolError("`x` must be F32 \([b] + encoder.inputShape) for encoder \(encoderDigest), got \(x.dtype.rawValue) \(x.shape)")
+                throw DiscriminatorError("`x` must be F32 \([b] + encoder.inputShape) for encoder \(encoderDigest), got \(x.dtype.rawValue) \(x.shape)")
             }
             images = try x.floats()
             let fx = Encoders.features(encoder, x: images!, batch: b)
@@ -58,13 +58,13 @@ public struct DiscriminatorScorer {
                 var worst: Float = 0, scale: Float = 1
                 for i in 0..<given.count { worst = max(worst, abs(given[i] - fx[i])); scale = max(scale, abs(fx[i])) }
                 if worst > 1e-3 * scale {
-                    throw ToolError("`feat` does not match the encoder's features of `x` (max difference \(worst)); the features come from another encoder or other images")
+                    throw DiscriminatorError("`feat` does not match the encoder's features of `x` (max difference \(worst)); the features come from another encoder or other images")
                 }
             }
             features = fx
         }
         let logits = head.logits(features!, labels: labels)
-        if logits.contains(where: { !$0.isFinite }) { throw ToolError("the discriminator's logit is NaN or Inf") }
+        if logits.contains(where: { !$0.isFinite }) { throw DiscriminatorError("the discriminator's logit is NaN or Inf") }
         out["reward"] = Tensor(logits, shape: [b])
         if grad, let encoder, let images {
             let g = DiscriminatorLoss.inputGradient(head: head, encoder: encoder, images: images, labels: labels)

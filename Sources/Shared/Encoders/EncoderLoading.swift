@@ -5,7 +5,7 @@ public enum Encoders {
     /// its kind. Unknown kinds are refused.
     public static func load(path: String, inputShape: [Int]? = nil) throws -> FeatureEncoder {
         if path == "pixels" {
-            guard let inputShape else { throw ToolError("pixel features need the image shape, which is unknown here") }
+            guard let inputShape else { throw FeatureError("pixel features need the image shape, which is unknown here") }
             return PixelEncoder(inputShape: inputShape)
         }
         let record = try Checkpoint.read(path)
@@ -14,12 +14,12 @@ public enum Encoders {
            ["classifier", "simclr"].contains(config.kind) {
             let enc = try ConvEncoder.load(path: path)
             if let inputShape, inputShape != enc.inputShape {
-                throw ToolError("encoder \(path) expects images of shape \(enc.inputShape), not \(inputShape)")
+                throw FeatureError("encoder \(path) expects images of shape \(enc.inputShape), not \(inputShape)")
             }
             return enc
         }
         let kind = record.metadata["kind"] ?? record.metadata["arch"] ?? "(none)"
-        throw ToolError("\(path): encoder kind `\(kind)` is not known to this build (known: pixels, classifier, simclr)")
+        throw FeatureError("\(path): encoder kind `\(kind)` is not known to this build (known: pixels, classifier, simclr)")
     }
 
     /// The encoder a discriminator was trained with: pixels when its digest is "pixels", else
@@ -27,11 +27,11 @@ public enum Encoders {
     public static func resolve(digest: String, path: String?, inputShape: [Int]) throws -> FeatureEncoder {
         if digest == "pixels" && (path == nil || path == "pixels") { return PixelEncoder(inputShape: inputShape) }
         guard let path else {
-            throw ToolError("the discriminator was trained on features of encoder \(digest); pass that encoder with --encoder")
+            throw FeatureError("the discriminator was trained on features of encoder \(digest); pass that encoder with --encoder")
         }
         let enc = try load(path: path, inputShape: inputShape)
         guard enc.digest == digest else {
-            throw ToolError("encoder \(path) has digest \(enc.digest), but the discriminator was trained on encoder \(digest)")
+            throw FeatureError("encoder \(path) has digest \(enc.digest), but the discriminator was trained on encoder \(digest)")
         }
         return enc
     }

@@ -32,19 +32,19 @@ public struct GenerationPlan: Sendable {
     public let labels: LabelSource
 
     public init(n: Int, offset: Int, batch: Int, group: Int = 1, labels: LabelSource) throws {
-        guard n >= 0 else { throw ToolError("--n must be >= 0") }
-        guard offset >= 0 else { throw ToolError("--offset must be >= 0") }
-        guard batch >= 1 else { throw ToolError("--batch must be >= 1") }
-        guard group >= 1 else { throw ToolError("--group must be >= 1") }
+        guard n >= 0 else { throw FlowError("--n must be >= 0") }
+        guard offset >= 0 else { throw FlowError("--offset must be >= 0") }
+        guard batch >= 1 else { throw FlowError("--batch must be >= 1") }
+        guard group >= 1 else { throw FlowError("--group must be >= 1") }
         if group > 1 {
             guard batch % group == 0 else {
-                throw ToolError("--batch \(batch) is not a multiple of --group \(group); groups must not straddle records (try --batch \(max(group, batch / group * group)))")
+                throw FlowError("--batch \(batch) is not a multiple of --group \(group); groups must not straddle records (try --batch \(max(group, batch / group * group)))")
             }
-            guard offset % group == 0 else { throw ToolError("--offset \(offset) is not a multiple of --group \(group)") }
-            guard n % group == 0 else { throw ToolError("--n \(n) is not a multiple of --group \(group)") }
+            guard offset % group == 0 else { throw FlowError("--offset \(offset) is not a multiple of --group \(group)") }
+            guard n % group == 0 else { throw FlowError("--n \(n) is not a multiple of --group \(group)") }
         }
         if case .list(let l) = labels, l.count * group < n {
-            throw ToolError("\(n) samples need \(((n + group - 1) / group)) labels but the label stream holds \(l.count)")
+            throw FlowError("\(n) samples need \(((n + group - 1) / group)) labels but the label stream holds \(l.count)")
         }
         self.n = n
         self.offset = offset
@@ -193,23 +193,23 @@ public struct LogProbCheck: Sendable {
         let trajLogp = try record.require("traj.logp", by: tool)
         let y = try record.require("y", by: tool)
         let times = try trajT.floats()
-        guard trajT.shape.count == 1, times.count >= 2 else { throw ToolError("`traj.t` has shape \(trajT.shape), expected [S+1]") }
+        guard trajT.shape.count == 1, times.count >= 2 else { throw FlowError("`traj.t` has shape \(trajT.shape), expected [S+1]") }
         let S = times.count - 1
         let c = model.config
         let B = y.shape.first ?? 0
         guard trajX.dtype == .f32, trajX.shape == [B, S + 1, c.channels, c.height, c.width] else {
-            throw ToolError("`traj.x` is \(trajX.dtype.rawValue) \(trajX.shape); the model and `traj.t` need F32 \([B, S + 1, c.channels, c.height, c.width])")
+            throw FlowError("`traj.x` is \(trajX.dtype.rawValue) \(trajX.shape); the model and `traj.t` need F32 \([B, S + 1, c.channels, c.height, c.width])")
         }
         guard trajLogp.dtype == .f32, trajLogp.shape == [B, S] else {
-            throw ToolError("`traj.logp` is \(trajLogp.dtype.rawValue) \(trajLogp.shape), expected F32 [\(B), \(S)]")
+            throw FlowError("`traj.logp` is \(trajLogp.dtype.rawValue) \(trajLogp.shape), expected F32 [\(B), \(S)]")
         }
         let sampler: Sampler
-        do { sampler = try Sampler(settings: record.metadata, times: times) } catch { throw ToolError("cannot rebuild the sampler from the record's metadata: \(error)") }
+        do { sampler = try Sampler(settings: record.metadata, times: times) } catch { throw FlowError("cannot rebuild the sampler from the record's metadata: \(error)") }
         let labels = try y.int64s().map { Int($0) }
         try model.validate(t: [Float](repeating: 0, count: B), y: labels, batch: B)
         let stored = try trajLogp.floats()
         let traj = try trajX.floats()
-        guard !traj.contains(where: { !$0.isFinite }) else { throw ToolError("`traj.x` holds NaN or Inf") }
+        guard !traj.contains(where: { !$0.isFinite }) else { throw FlowError("`traj.x` holds NaN or Inf") }
         let runner = ParallelSampler(model: model, sampler: sampler, seed: 0, threads: threads)
         let fresh = B > 0 ? runner.logProbs(trajectory: traj, labels: labels) : []
         let stochastic = sampler.stochasticSteps

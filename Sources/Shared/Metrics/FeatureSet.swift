@@ -20,7 +20,7 @@ public struct FeatureSet {
     /// Errors: no records or no samples, a record without `feat`, a dimension that changes,
     /// NaN/Inf, one sample only, records that disagree on the `encoder` metadata.
     public static func read(_ reader: TensorStreamReader, name: String, keepFeatures: Bool = false,
-                            imageStatistics: Bool = true, progress: Progress? = nil) throws -> FeatureSet {
+                            imageStatistics: Bool = true, progress: (any ProgressReporting)? = nil) throws -> FeatureSet {
         var acc: FeatureAccumulator?
         var kept: [Double] = []
         var images = ImageStatistics()

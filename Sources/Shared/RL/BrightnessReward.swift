@@ -9,7 +9,7 @@ public enum BrightnessReward {
         var r = record
         guard record.batchSize != nil else { return r }
         let x = try record.require("x", by: tool)
-        guard x.dtype == .f32, x.shape.count >= 2 else { throw ToolError("\(tool): `x` must be F32 [B, C, H, W], got \(x.dtype.rawValue) \(x.shape)") }
+        guard x.dtype == .f32, x.shape.count >= 2 else { throw RLError("\(tool): `x` must be F32 [B, C, H, W], got \(x.dtype.rawValue) \(x.shape)") }
         let b = x.shape[0], D = x.shape.dropFirst().reduce(1, *)
         let v = try x.floats()
         var reward = [Float](repeating: 0, count: b)
@@ -18,7 +18,7 @@ public enum BrightnessReward {
             for d in 0..<D { s += Double(v[i * D + d]) }
             reward[i] = Float(s / Double(D))
         }
-        if reward.contains(where: { !$0.isFinite }) { throw ToolError("\(tool): `x` holds NaN or Inf") }
+        if reward.contains(where: { !$0.isFinite }) { throw RLError("\(tool): `x` holds NaN or Inf") }
         r["reward"] = Tensor(reward, shape: [b])
         r["reward.grad"] = grad ? Tensor([Float](repeating: 1 / Float(D), count: b * D), shape: x.shape) : nil
         r.metadata["reward"] = "brightness (mean pixel value of x)"

@@ -16,7 +16,7 @@ extension RolloutBuffer {
         var rewardMissing = false, groupMissing = false
         var first = true
         for (index, r) in records.enumerated() {
-            func bad(_ why: String) -> ToolError { ToolError("\(source) record \(index): \(why)") }
+            func bad(_ why: String) -> RLError { RLError("\(source) record \(index): \(why)") }
             guard r.batchSize != nil else { continue }
             let b: Int, shape: [Int], values: [Float]
             if let x = r["x"] {

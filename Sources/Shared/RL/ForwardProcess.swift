@@ -20,7 +20,7 @@ public struct DecaySchedule: Equatable, CustomStringConvertible {
         let parts = s.split(separator: "-", omittingEmptySubsequences: false).map(String.init)
         guard parts.count == 4, let a = Int(parts[0]), a >= 0, let b = Double(parts[1]), let c = Double(parts[2]), let d = Double(parts[3]),
               b.isFinite, c.isFinite, d.isFinite, (0...1).contains(b), (0...1).contains(d), c >= 0 else {
-            throw ToolError("decay schedule `\(s)` must be start_step-start_value-slope-end_value (values in [0, 1], slope >= 0), e.g. 0-0.25-0.005-0.999")
+            throw RLError("decay schedule `\(s)` must be start_step-start_value-slope-end_value (values in [0, 1], slope >= 0), e.g. 0-0.25-0.005-0.999")
         }
         self.init(startStep: a, startValue: b, slope: c, endValue: d)
     }
@@ -50,7 +50,7 @@ public final class PolicySnapshot {
     public static func load(prefix: String, from record: Record, config: ModelConfig) throws -> PolicySnapshot? {
         guard record.names.contains(where: { $0.hasPrefix(prefix + ".") }) else { return nil }
         let net = try VelocityNet.make(config, seed: 0)
-        do { try net.params.load(from: record, prefix: prefix + ".") } catch { throw ToolError("snapshot `\(prefix)`: \(error)") }
+        do { try net.params.load(from: record, prefix: prefix + ".") } catch { throw RLError("snapshot `\(prefix)`: \(error)") }
         let s = try PolicySnapshot(prefix: prefix, copying: net)
         return s
     }
@@ -164,11 +164,11 @@ public class ForwardProcessObjective {
 
     func prepareCommon(_ ctx: RLContext, algo: String) throws {
         let buf = ctx.buffer
-        guard let rewards = buf.rewards else { throw ToolError("--algo \(algo) needs `reward` in every record (score the rollouts, e.g. `discrim score`)") }
-        guard let groups = buf.groups else { throw ToolError("--algo \(algo) needs `group` in every record (`sample --group G`): advantages and centring are per group") }
+        guard let rewards = buf.rewards else { throw RLError("--algo \(algo) needs `reward` in every record (score the rollouts, e.g. `discrim score`)") }
+        guard let groups = buf.groups else { throw RLError("--algo \(algo) needs `group` in every record (`sample --group G`): advantages and centring are per group") }
         if common.klWeight > 0 && common.klCFG != 1 {
             guard ctx.reference.config.numClasses > 0 else {
-                throw ToolError("--kl-cfg \(common.klCFG) needs a class-conditional reference (this one has no classes); pass --kl-cfg 1")
+                throw RLError("--kl-cfg \(common.klCFG) needs a class-conditional reference (this one has no classes); pass --kl-cfg 1")
             }
         }
         D = buf.dim
@@ -192,7 +192,7 @@ public class ForwardProcessObjective {
     public func minibatches(of samples: [Int], size: Int, rng: inout CounterRNG) -> [[Int]]? {
         let wanted = Set(samples)
         let gs = members.map { $0.filter { wanted.contains($0) } }.filter { !$0.isEmpty }
-        let order = DiscriminatorTrainer.shuffled(gs.count, &rng)
+        let order = shuffledIndices(gs.count, &rng)
         var out: [[Int]] = [], cur: [Int] = []
         for g in order {
             if !cur.isEmpty && cur.count + gs[g].count > size { out.append(cur); cur = [] }

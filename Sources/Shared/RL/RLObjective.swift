@@ -27,7 +27,7 @@ public struct RLContext {
 /// losses need only the final `x`, which `prepare` can noise itself).
 public protocol RLObjective: AnyObject {
     var name: String { get }
-    /// Validates the buffer and precomputes. Throws a one-line ToolError for missing inputs.
+    /// Validates the buffer and precomputes. Throws a one-line RLError for missing inputs.
     func prepare(_ ctx: RLContext) throws
     /// Sample indices of the buffer this objective trains on (e.g. GRPO drops zero-advantage groups).
     var trainable: [Int] { get }

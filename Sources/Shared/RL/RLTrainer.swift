@@ -40,14 +40,14 @@ public final class RLTrainer {
     /// policy and reference.
     public static func check(model: VelocityNet, reference: VelocityNet, buffer: RolloutBuffer) throws {
         guard model.config == reference.config else {
-            throw ToolError("the reference model's architecture differs from the policy's (\(reference.config.json()) vs \(model.config.json()))")
+            throw RLError("the reference model's architecture differs from the policy's (\(reference.config.json()) vs \(model.config.json()))")
         }
         let c = model.config
         guard buffer.sampleShape == [c.channels, c.height, c.width] else {
-            throw ToolError("the buffer's samples have shape \(buffer.sampleShape) but the model works on [\(c.channels), \(c.height), \(c.width)]")
+            throw RLError("the buffer's samples have shape \(buffer.sampleShape) but the model works on [\(c.channels), \(c.height), \(c.width)]")
         }
         if let bad = buffer.labels.first(where: { $0 < 0 || $0 > c.numClasses }) {
-            throw ToolError("label \(bad) is outside the model's classes 0...\(c.numClasses)")
+            throw RLError("label \(bad) is outside the model's classes 0...\(c.numClasses)")
         }
     }
 
@@ -56,7 +56,7 @@ public final class RLTrainer {
     /// norm or the final weights.
     public func run(objective: RLObjective, buffer: RolloutBuffer) throws -> [(String, Double)] {
         try Self.check(model: model, reference: reference, buffer: buffer)
-        guard buffer.count > 0 else { throw ToolError("the rollout buffer is empty") }
+        guard buffer.count > 0 else { throw RLError("the rollout buffer is empty") }
         // a buffer of final samples only (forward-process objectives) has no sampler to rebuild
         let sampler = buffer.steps == 0 ? try Sampler(kind: .euler, times: [1, 0]) : try buffer.sampler()
         let ctx = RLContext(model: model, reference: reference, sampler: sampler, buffer: buffer)
@@ -69,15 +69,15 @@ public final class RLTrainer {
         let mb = max(1, options.minibatch)
         for _ in 0..<options.epochs where !train.isEmpty {
             let batches = objective.minibatches(of: train, size: mb, rng: &rng) ?? {
-                let order = DiscriminatorTrainer.shuffled(train.count, &rng).map { train[$0] }
+                let order = shuffledIndices(train.count, &rng).map { train[$0] }
                 return stride(from: 0, to: order.count, by: mb).map { Array(order[$0..<min($0 + mb, order.count)]) }
             }()
             for batch in batches {
                 model.params.zeroGrad()
                 let loss = try objective.accumulateGradients(ctx, samples: batch, rng: &rng)
-                guard loss.isFinite else { throw ToolError("the \(objective.name) loss is \(loss) at update \(losses.count + 1); no checkpoint written") }
+                guard loss.isFinite else { throw RLError("the \(objective.name) loss is \(loss) at update \(losses.count + 1); no checkpoint written") }
                 let norm = clipGradNorm(optimizer.parameters, maxNorm: options.maxGradNorm > 0 ? options.maxGradNorm : .infinity)
-                guard norm.isFinite else { throw ToolError("the gradient norm is \(norm) at update \(losses.count + 1); no checkpoint written") }
+                guard norm.isFinite else { throw RLError("the gradient norm is \(norm) at update \(losses.count + 1); no checkpoint written") }
                 let lr = warm.lr(step: optimizer.stepCount + 1)
                 lastLR = Double(lr)
                 optimizer.step(lr: lr)
@@ -89,7 +89,7 @@ public final class RLTrainer {
         }
         for p in model.params.all {
             for j in 0..<p.count where !p.value[j].isFinite {
-                throw ToolError("parameter \(p.name) is NaN or Inf after the update; no checkpoint written")
+                throw RLError("parameter \(p.name) is NaN or Inf after the update; no checkpoint written")
             }
         }
         // Snapshot schedules count RL optimizer steps (AdamW's, fresh when RL starts from a `train`

@@ -40,7 +40,7 @@ public struct RolloutBuffer {
         var buf = RolloutBuffer()
         var gradMissing = false, rewardMissing = false, logpMissing = false, groupMissing = false
         for (index, r) in records.enumerated() {
-            func bad(_ why: String) -> ToolError { ToolError("\(source) record \(index): \(why)") }
+            func bad(_ why: String) -> RLError { RLError("\(source) record \(index): \(why)") }
             guard r.batchSize != nil else { continue }
             let tx = try r.require("traj.x", by: tool)
             let tt = try r.require("traj.t", by: tool)
@@ -103,7 +103,7 @@ public struct RolloutBuffer {
     /// The sampler that produced the trajectories, rebuilt from metadata and `traj.t`.
     public func sampler() throws -> Sampler {
         do { return try Sampler(settings: metadata, times: times) } catch let e as SamplerError {
-            throw ToolError("cannot rebuild the sampler from the buffer's metadata: \(e.description)")
+            throw RLError("cannot rebuild the sampler from the buffer's metadata: \(e.description)")
         }
     }
 
@@ -126,7 +126,7 @@ public struct RolloutBuffer {
 extension RolloutBuffer {
     /// Appends a record's `y` (the null label when absent) and `id` (running indices when absent),
     /// both [b]; shared by the trajectory and final-sample readers.
-    mutating func appendLabelsAndIDs(of r: Record, count b: Int, nullLabel: Int, bad: (String) -> ToolError) throws {
+    mutating func appendLabelsAndIDs(of r: Record, count b: Int, nullLabel: Int, bad: (String) -> RLError) throws {
         if let y = r["y"] {
             guard y.shape == [b] else { throw bad("`y` has shape \(y.shape), expected [\(b)]") }
             labels += try y.int64s().map { Int($0) }

@@ -56,13 +56,13 @@ public enum StreamSummary {
         var order: [String] = [], summaries: [String: TensorSummary] = [:]
         while let record = try reader.read() {
             for (name, t) in record.tensors where names.isEmpty ? StreamSummary.numeric.contains(t.dtype) : names.contains(name) {
-                guard StreamSummary.numeric.contains(t.dtype) else { throw ToolError("`\(name)` is \(t.dtype.rawValue), not a numeric tensor") }
+                guard StreamSummary.numeric.contains(t.dtype) else { throw StreamError.invalid("`\(name)` is \(t.dtype.rawValue), not a numeric tensor") }
                 if summaries[name] == nil { order.append(name); summaries[name] = TensorSummary(name: name, dtype: t.dtype) }
                 try summaries[name]!.add(t)
             }
         }
         if let missing = names.first(where: { summaries[$0] == nil }) {
-            throw ToolError("no tensor `\(missing)` in the stream")
+            throw StreamError.invalid("no tensor `\(missing)` in the stream")
         }
         return (names.isEmpty ? order : names).map { summaries[$0]! }
     }

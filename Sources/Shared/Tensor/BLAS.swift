@@ -110,7 +110,7 @@ public enum BLAS {
     public static func preferNativeKernels() {
         guard getenv("OPENBLAS_CORETYPE") == nil, getenv("DRL_BLAS_REEXEC") == nil else { return }
         guard coreName.lowercased() == "prescott" else { return }
-        guard let cpuinfo = try? readFile("/proc/cpuinfo") else { return }
+        guard let cpuinfo = readWholeFile("/proc/cpuinfo") else { return }
         let text = String(decoding: cpuinfo.prefix(200_000), as: UTF8.self)
         guard let flagsLine = text.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return }
         let flags = Set(flagsLine.split(separator: " ").map(String.init))
@@ -178,5 +178,20 @@ public enum LAPACK {
         if info > 0 { return false }
         for i in 1..<max(1, n) { for j in 0..<i { a[i * n + j] = 0 } }
         return true
+    }
+}
+
+/// The bytes of a file read to its end (procfs files report size 0), or nil if it cannot be read.
+/// Numerics sits below the stream layer's file helpers, so it carries this small one.
+private func readWholeFile(_ path: String) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var out = [UInt8](), buffer = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+        if n < 0 { if errno == EINTR { continue }; return nil }
+        if n == 0 { return out }
+        out.append(contentsOf: buffer[0..<n])
     }
 }

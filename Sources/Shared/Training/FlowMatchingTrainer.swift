@@ -18,7 +18,7 @@ public enum TimeDistribution: Equatable, Sendable {
                 return
             }
         }
-        throw ToolError("--t-dist must be uniform, logit-normal or logit-normal:MEAN,STD (STD > 0), got '\(text)'")
+        throw FlowError("--t-dist must be uniform, logit-normal or logit-normal:MEAN,STD (STD > 0), got '\(text)'")
     }
 
     public var text: String {
@@ -53,13 +53,13 @@ public struct TrainSettings: Codable, Equatable, Sendable {
     }
 
     public func validate() throws {
-        guard batch > 0 else { throw ToolError("--batch must be positive") }
-        guard lr.isFinite, lr > 0 else { throw ToolError("--lr must be positive") }
-        guard warmup >= 0 else { throw ToolError("--warmup must be >= 0") }
-        guard weightDecay.isFinite, weightDecay >= 0 else { throw ToolError("--weight-decay must be >= 0") }
-        guard gradClip.isFinite, gradClip >= 0 else { throw ToolError("--grad-clip must be >= 0 (0: no clipping)") }
-        guard ema.isFinite, ema >= 0, ema < 1 else { throw ToolError("--ema must be in [0, 1)") }
-        guard labelDropout.isFinite, labelDropout >= 0, labelDropout <= 1 else { throw ToolError("--label-dropout must be in [0, 1]") }
+        guard batch > 0 else { throw FlowError("--batch must be positive") }
+        guard lr.isFinite, lr > 0 else { throw FlowError("--lr must be positive") }
+        guard warmup >= 0 else { throw FlowError("--warmup must be >= 0") }
+        guard weightDecay.isFinite, weightDecay >= 0 else { throw FlowError("--weight-decay must be >= 0") }
+        guard gradClip.isFinite, gradClip >= 0 else { throw FlowError("--grad-clip must be >= 0 (0: no clipping)") }
+        guard ema.isFinite, ema >= 0, ema < 1 else { throw FlowError("--ema must be in [0, 1)") }
+        guard labelDropout.isFinite, labelDropout >= 0, labelDropout <= 1 else { throw FlowError("--label-dropout must be in [0, 1]") }
         _ = try TimeDistribution(parsing: tDist)
     }
 
@@ -71,7 +71,7 @@ public struct TrainSettings: Codable, Equatable, Sendable {
 
     public static func from(json: String) throws -> TrainSettings {
         guard let s = try? JSONDecoder().decode(TrainSettings.self, from: Data(json.utf8)) else {
-            throw ToolError("checkpoint metadata `train.settings` is not valid: \(json)")
+            throw FlowError("checkpoint metadata `train.settings` is not valid: \(json)")
         }
         return s
     }
@@ -149,26 +149,26 @@ public final class FlowMatchingTrainer {
     public func restore(from record: Record) throws {
         func int(_ key: String) throws -> Int {
             guard let s = record.metadata[key], let v = Int(s), v >= 0 else {
-                throw ToolError("checkpoint has no valid `\(key)` metadata; it was not written by train, so it cannot be resumed")
+                throw FlowError("checkpoint has no valid `\(key)` metadata; it was not written by train, so it cannot be resumed")
             }
             return v
         }
         let samples = try int(Self.samplesKey)
         guard samples == data.count else {
-            throw ToolError("the checkpoint was trained on \(samples) samples but the data stream holds \(data.count); resume with the same data")
+            throw FlowError("the checkpoint was trained on \(samples) samples but the data stream holds \(data.count); resume with the same data")
         }
         step = try TrainingCheckpoint.step(of: record)
         epoch = try int(Self.epochKey)
         cursor = try int(Self.cursorKey)
-        guard cursor <= data.count else { throw ToolError("checkpoint data cursor \(cursor) is past the data") }
+        guard cursor <= data.count else { throw FlowError("checkpoint data cursor \(cursor) is past the data") }
         guard let p = record.metadata[Self.rngKey], let position = UInt64(p) else {
-            throw ToolError("checkpoint has no valid `\(Self.rngKey)` metadata")
+            throw FlowError("checkpoint has no valid `\(Self.rngKey)` metadata")
         }
         rng = CounterRNG(seed: settings.seed, stream: 0x7141, position: position)
         try optimizer.load(from: record)
         try ema.load(from: record)
         guard optimizer.stepCount == step else {
-            throw ToolError("checkpoint step \(step) disagrees with its optimizer step \(optimizer.stepCount)")
+            throw FlowError("checkpoint step \(step) disagrees with its optimizer step \(optimizer.stepCount)")
         }
     }
 
@@ -249,12 +249,12 @@ public final class FlowMatchingTrainer {
         }
         let loss = sum / Double(B * D)
         guard loss.isFinite else {
-            throw ToolError("loss is not finite (\(loss)) at step \(k); lower --lr or check the data")
+            throw FlowError("loss is not finite (\(loss)) at step \(k); lower --lr or check the data")
         }
         dv.withUnsafeBufferPointer { _ = net.backward($0.baseAddress!) }
         let norm = clipGradNorm(optimizer.parameters, maxNorm: settings.gradClip > 0 ? settings.gradClip : .infinity)
         guard norm.isFinite else {
-            throw ToolError("gradient norm is not finite (\(norm)) at step \(k); lower --lr or check the data")
+            throw FlowError("gradient norm is not finite (\(norm)) at step \(k); lower --lr or check the data")
         }
         let lr = schedule.lr(step: k)
         optimizer.step(lr: lr)

@@ -16,7 +16,7 @@ public enum MetricsLog {
         }
         guard FileManager.default.createFile(atPath: path, contents: kept.data(using: .utf8)),
               let handle = FileHandle(forWritingAtPath: path) else {
-            throw ToolError("cannot write the metrics file \(path)")
+            throw FlowError("cannot write the metrics file \(path)")
         }
         handle.seekToEndOfFile()
         return handle

@@ -34,37 +34,37 @@ public struct TrainingData {
             let xt = try record.require("x", by: tool)
             let yt = try record.require("y", by: tool)
             guard xt.shape.count == 4 else {
-                throw ToolError("record \(index): `x` has shape \(xt.shape); \(tool) needs images [B,C,H,W]")
+                throw FlowError("record \(index): `x` has shape \(xt.shape); \(tool) needs images [B,C,H,W]")
             }
             guard yt.shape == [xt.shape[0]] else {
-                throw ToolError("record \(index): `y` has shape \(yt.shape) but `x` holds \(xt.shape[0]) samples")
+                throw FlowError("record \(index): `y` has shape \(yt.shape) but `x` holds \(xt.shape[0]) samples")
             }
             let s = Array(xt.shape.dropFirst())
             if let shape, shape != s {
-                throw ToolError("record \(index): images are \(s.map(String.init).joined(separator: "x")) but earlier ones are \(shape.map(String.init).joined(separator: "x"))")
+                throw FlowError("record \(index): images are \(s.map(String.init).joined(separator: "x")) but earlier ones are \(shape.map(String.init).joined(separator: "x"))")
             }
             shape = s
             let values: [Float]
-            do { values = try xt.floats() } catch { throw ToolError("record \(index): `x` is \(xt.dtype.rawValue), not a float tensor") }
+            do { values = try xt.floats() } catch { throw FlowError("record \(index): `x` is \(xt.dtype.rawValue), not a float tensor") }
             if let bad = values.firstIndex(where: { !$0.isFinite }) {
-                throw ToolError("record \(index): `x` holds a non-finite value (\(values[bad])) at element \(bad)")
+                throw FlowError("record \(index): `x` holds a non-finite value (\(values[bad])) at element \(bad)")
             }
             let labels: [Int64]
-            do { labels = try yt.int64s() } catch { throw ToolError("record \(index): `y` is \(yt.dtype.rawValue), not an integer tensor") }
+            do { labels = try yt.int64s() } catch { throw FlowError("record \(index): `y` is \(yt.dtype.rawValue), not an integer tensor") }
             xs.append(contentsOf: values)
             ys.append(contentsOf: labels.map { Int($0) })
         }
-        guard let shape, !ys.isEmpty else { throw ToolError("the training stream holds no samples") }
+        guard let shape, !ys.isEmpty else { throw FlowError("the training stream holds no samples") }
         return TrainingData(x: xs, y: ys, channels: shape[0], height: shape[1], width: shape[2])
     }
 
     /// Checks the data fits a model: same image shape, labels in 0..<numClasses.
     public func check(against config: ModelConfig) throws {
         guard (channels, height, width) == (config.channels, config.height, config.width) else {
-            throw ToolError("the data holds \(channels)x\(height)x\(width) images but the model takes \(config.channels)x\(config.height)x\(config.width)")
+            throw FlowError("the data holds \(channels)x\(height)x\(width) images but the model takes \(config.channels)x\(config.height)x\(config.width)")
         }
         if let bad = y.first(where: { $0 < 0 || $0 >= config.numClasses }) {
-            throw ToolError("label \(bad) is outside 0..<\(config.numClasses) (the model has \(config.numClasses) classes; \(config.numClasses) is reserved for the null label)")
+            throw FlowError("label \(bad) is outside 0..<\(config.numClasses) (the model has \(config.numClasses) classes; \(config.numClasses) is reserved for the null label)")
         }
     }
 }
