@@ -1,9 +1,16 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// One package: C libraries come in through system-library targets found by pkg-config,
-// all shared logic lives in `Shared`, and each tool is a thin executable over it.
-let optimize: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+// One package. C libraries come in through system-library targets found by pkg-config; the shared
+// logic is a stack of library targets, each depending only on those below it (docs/architecture.md),
+// so an upward import does not compile; `Shared` re-exports them all for the tools, and each tool
+// is a thin executable over it.
+
+// -Ounchecked (no preconditions, no overflow checks) only where hot loops were measured to need it;
+// everything else keeps its checks in release builds, so preconditions run in the tools and tests.
+let unchecked: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+let checked: [SwiftSetting] = [.unsafeFlags(["-O", "-wmo"], .when(configuration: .release))]
+let optimize = unchecked
 
 let package = Package(
     name: "drl-toolkit",
@@ -31,14 +38,31 @@ let package = Package(
         // libpng reports errors by longjmp, which must never cross a Swift frame: every libpng
         // call happens inside this C shim, which turns the longjmp into an error code.
         .target(name: "CPNG", dependencies: ["CLibPNG"], path: "Sources/CPNG"),
+
+        // The layers, bottom to top.
+        .target(name: "Numerics", dependencies: ["CBLAS"], swiftSettings: optimize),
+        .target(name: "TensorStream", dependencies: ["CZstd"], swiftSettings: optimize),
+        .target(name: "Formats", dependencies: ["TensorStream", "CZlib", "CPNG"], swiftSettings: optimize),
+        .target(name: "NN", dependencies: ["Numerics", "TensorStream"], swiftSettings: optimize),
+        .target(name: "Flow", dependencies: ["NN", "Numerics", "TensorStream"], swiftSettings: optimize),
+        .target(name: "Features", dependencies: ["NN", "Numerics", "TensorStream"], swiftSettings: optimize),
+        .target(name: "Discriminator", dependencies: ["Features", "NN", "Numerics", "TensorStream"], swiftSettings: optimize),
+        .target(name: "Metrics", dependencies: ["Numerics", "TensorStream", "CZlib"], swiftSettings: optimize),
+        .target(name: "RL", dependencies: ["Flow", "Metrics", "NN", "Numerics", "TensorStream"], swiftSettings: optimize),
+        // Only the CLI layer knows flags, `ToolError` and the progress bar.
         .target(
-            name: "Shared",
-            dependencies: [
-                "CBLAS", "CZstd", "CZlib", "CPNG",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
+            name: "CLI",
+            dependencies: ["Numerics", "TensorStream", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: optimize
         ),
+        // The umbrella the tools import: it re-exports every layer.
+        .target(
+            name: "Shared",
+            dependencies: ["Numerics", "TensorStream", "Formats", "NN", "Flow", "Features", "Discriminator",
+                           "Metrics", "RL", "CLI"],
+            swiftSettings: optimize
+        ),
+
         .executableTarget(name: "tensors", dependencies: ["Shared"], swiftSettings: optimize),
         .executableTarget(name: "fid", dependencies: ["Shared"], swiftSettings: optimize),
         .executableTarget(name: "train", dependencies: ["Shared"], swiftSettings: optimize),
