@@ -1,6 +1,6 @@
 import Foundation
 
-/// The low-level image statistics DRL tracks for reward hacking (algorithms.md section 3.8),
+/// The low-level image statistics DRL tracks for reward hacking (docs/algorithms.md section 3.8),
 /// each computed per image on values mapped from [-1, 1] to [0, 1] (clamped), then averaged
 /// over images:
 ///   brightness   = mean(L),  L = 0.299 R + 0.587 G + 0.114 B  (grey: L = the channel)

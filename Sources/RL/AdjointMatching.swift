@@ -2,7 +2,7 @@ import Foundation
 import Flow
 import Numerics
 
-/// DRL's stage 2: Adjoint Matching on memoryless local-linear rollouts (algorithms.md 2.4, 3.4),
+/// DRL's stage 2: Adjoint Matching on memoryless local-linear rollouts (docs/algorithms.md 2.4, 3.4),
 /// in the toolkit's time t (t = 1 noise, t = 0 data). DRL's tau (data at 1) is tau = 1 - t and
 /// v_DRL = -v. With the sampler's offset delta = epsilon (`memorylessOffset`),
 ///

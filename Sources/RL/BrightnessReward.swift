@@ -1,7 +1,7 @@
 import Foundation
 import TensorStream
 
-/// A deliberately hackable reward (algorithms.md 8.0 R3): the mean pixel value of `x` per sample.
+/// A deliberately hackable reward (docs/algorithms.md 8.0 R3): the mean pixel value of `x` per sample.
 /// Adds `reward` F32 [B] and, with `grad`, `reward.grad` F32 [B, C, H, W] = 1/D everywhere; a
 /// `reward.grad` already in the record is dropped without `grad` (it would belong to another
 /// reward). Everything else passes through; metadata `reward` names the reward.

@@ -3,7 +3,7 @@ import Flow
 import Numerics
 import TensorStream
 
-/// Centered Reward Distillation (algorithms.md 4.2-4.5), forward-process on the final samples.
+/// Centered Reward Distillation (docs/algorithms.md 4.2-4.5), forward-process on the final samples.
 ///
 /// Per minibatch of whole groups and training time t (x_t = (1 - t) x0 + t eps, u = eps - x0):
 ///

@@ -3,7 +3,7 @@ import Flow
 import Numerics
 import TensorStream
 
-/// DiffusionNFT (algorithms.md 2.3), forward-process on the final samples.
+/// DiffusionNFT (docs/algorithms.md 2.3), forward-process on the final samples.
 ///
 /// Per sample i and training time t (x_t = (1 - t) x0 + t eps):
 ///

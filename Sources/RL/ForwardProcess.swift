@@ -3,7 +3,7 @@ import Flow
 import Numerics
 import TensorStream
 
-/// A snapshot decay schedule "start_step-start_value-slope-end_value" (CRD, algorithms.md 4.3):
+/// A snapshot decay schedule "start_step-start_value-slope-end_value" (CRD, docs/algorithms.md 4.3):
 /// d(step) = start_value for step < start_step, else min(start_value + slope (step - start_step), end_value).
 /// A snapshot is blended toward the policy as s <- d s + (1 - d) theta (d = 0: copy, d = 1: frozen).
 public struct DecaySchedule: Equatable, CustomStringConvertible {

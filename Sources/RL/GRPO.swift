@@ -2,7 +2,7 @@ import Foundation
 import Flow
 import Numerics
 
-/// Flow-GRPO (algorithms.md 2.1, 5.4) on recorded SDE rollouts of any Gaussian-step sampler.
+/// Flow-GRPO (docs/algorithms.md 2.1, 5.4) on recorded SDE rollouts of any Gaussian-step sampler.
 ///
 /// Advantages: A_i = (R_i - mean_g R) / (std + 1e-4), clipped to [-c, c]; mean over the sample's
 /// `group`, std over the group (`group`), over the whole buffer (`global-std`, Flow-GRPO's

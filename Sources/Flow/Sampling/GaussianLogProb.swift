@@ -1,7 +1,7 @@
 import Foundation
 
 /// Log-density of an isotropic Gaussian transition N(mu, s^2 I), reduced as the *mean over
-/// dimensions* (Flow-GRPO / Precise convention, see algorithms.md 2.1):
+/// dimensions* (Flow-GRPO / Precise convention, see docs/algorithms.md 2.1):
 ///
 ///     logp = mean_d [ -(x'_d - mu_d)^2 / (2 s^2) - log s - 0.5 log 2 pi ],   s clamped >= 1e-6.
 ///

@@ -1,7 +1,7 @@
 import Foundation
 import Numerics
 
-// Flow-matching samplers in the toolkit's convention (DESIGN.md): x_t = (1 - t) x0 + t eps,
+// Flow-matching samplers in the toolkit's convention (docs/design.md): x_t = (1 - t) x0 + t eps,
 // t = 1 noise, t = 0 data, v = eps - x0, integration from t = 1 down to t = 0.
 // docs/samplers.md gives every step's formula, its derivation, and the measured errors.
 
@@ -196,7 +196,7 @@ public struct Sampler: Sendable {
     public var stochasticSteps: [Bool] { (0..<steps).map { gaussianStep($0)?.isStochastic ?? false } }
 
     /// The Gaussian step from t to tNext < t, in the toolkit's convention (formulas of
-    /// algorithms.md 5.2 / DRL eqs. 34-35 converted; derivations in docs/samplers.md).
+    /// docs/algorithms.md 5.2 / DRL eqs. 34-35 converted; derivations in docs/samplers.md).
     /// Times are taken as Float (what the grid stores) and converted to Double once.
     public static func gaussianStep(kind: SamplerKind, eta: Double, t tFloat: Float, tNext tNextFloat: Float,
                                     memorylessOffset: Double) -> GaussianStep? {

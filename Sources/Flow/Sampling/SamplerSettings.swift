@@ -1,6 +1,6 @@
 import Foundation
 
-/// Provenance: a sampler writes its settings as string metadata (DESIGN.md: every record says
+/// Provenance: a sampler writes its settings as string metadata (docs/design.md: every record says
 /// what made it), and `rlstep` rebuilds the identical sampler from that metadata plus the
 /// recorded `traj.t`, so it can recompute log-probs with exactly the same step coefficients.
 ///

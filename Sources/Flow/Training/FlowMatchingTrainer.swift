@@ -88,7 +88,7 @@ public struct TrainStepStats: Sendable {
     public var gradNorm: Double
 }
 
-/// Conditional flow matching (DESIGN.md conventions): for data x0 with label y,
+/// Conditional flow matching (docs/design.md conventions): for data x0 with label y,
 ///
 ///     t ~ U(0,1) or logit-normal,  eps ~ N(0, I),  x_t = (1 - t) x0 + t eps,
 ///     loss = mean over batch and dimensions of (v(x_t, t, y') - (eps - x0))^2,
