@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// The `rlstep` and `discrim` executables: outputs, determinism, resumption and clear errors.
 final class RLToolTests: XCTestCase {

@@ -1,5 +1,5 @@
 import XCTest
-@testable import Shared
+import Shared
 
 /// Marginal accuracy of every sampler against analytic data (docs/algorithms.md 8.1):
 /// (a) point mass m = 1.5, marginal N((1 - t) m, t^2); (b) Gaussian N(1.5, 0.5^2), marginal

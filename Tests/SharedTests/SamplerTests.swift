@@ -1,5 +1,5 @@
 import XCTest
-@testable import Shared
+import Shared
 
 /// A class-conditional analytic field for determinism / CFG tests: Gaussian data with a mean that
 /// depends on the label (the null label gets its own mean), so guidance changes the result.
