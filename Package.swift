@@ -1,9 +1,17 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// One package: C libraries come in through system-library targets found by pkg-config,
-// all shared logic lives in `Shared`, and each tool is a thin executable over it.
-let optimize: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+// One package. C libraries come in through system-library targets found by pkg-config; the shared
+// logic is a stack of library targets, each depending only on those below it (docs/architecture.md),
+// so an upward import does not compile; `Shared` re-exports them all for the tools, and each tool
+// is a thin executable over it.
+
+// -Ounchecked (no preconditions, no overflow checks) only for Numerics and NN, whose element-wise
+// loops (layers, attention, BLAS glue) were measured to need it: with -O there, sit-tiny training
+// ran about 40% and its sampling about 80% slower (docs/engine.md). Every other target builds with
+// -O, so its preconditions run in the tools and in the tests.
+let unchecked: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+let checked: [SwiftSetting] = [.unsafeFlags(["-O", "-wmo"], .when(configuration: .release))]
 
 let package = Package(
     name: "drl-toolkit",
@@ -31,21 +39,38 @@ let package = Package(
         // libpng reports errors by longjmp, which must never cross a Swift frame: every libpng
         // call happens inside this C shim, which turns the longjmp into an error code.
         .target(name: "CPNG", dependencies: ["CLibPNG"], path: "Sources/CPNG"),
+
+        // The layers, bottom to top.
+        .target(name: "Numerics", dependencies: ["CBLAS"], swiftSettings: unchecked),
+        .target(name: "TensorStream", dependencies: ["CZstd"], swiftSettings: checked),
+        .target(name: "Formats", dependencies: ["TensorStream", "CZlib", "CPNG"], swiftSettings: checked),
+        .target(name: "NN", dependencies: ["Numerics", "TensorStream"], swiftSettings: unchecked),
+        .target(name: "Flow", dependencies: ["NN", "Numerics", "TensorStream"], swiftSettings: checked),
+        .target(name: "Features", dependencies: ["NN", "Numerics", "TensorStream"], swiftSettings: checked),
+        .target(name: "Discriminator", dependencies: ["Features", "NN", "Numerics", "TensorStream"], swiftSettings: checked),
+        .target(name: "Metrics", dependencies: ["Numerics", "TensorStream", "CZlib"], swiftSettings: checked),
+        .target(name: "RL", dependencies: ["Flow", "Metrics", "NN", "Numerics", "TensorStream"], swiftSettings: checked),
+        // Only the CLI layer knows flags, `ToolError` and the progress bar.
+        .target(
+            name: "CLI",
+            dependencies: ["Numerics", "TensorStream", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: checked
+        ),
+        // The umbrella the tools import: it re-exports every layer.
         .target(
             name: "Shared",
-            dependencies: [
-                "CBLAS", "CZstd", "CZlib", "CPNG",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            swiftSettings: optimize
+            dependencies: ["Numerics", "TensorStream", "Formats", "NN", "Flow", "Features", "Discriminator",
+                           "Metrics", "RL", "CLI"],
+            swiftSettings: checked
         ),
-        .executableTarget(name: "tensors", dependencies: ["Shared"], swiftSettings: optimize),
-        .executableTarget(name: "fid", dependencies: ["Shared"], swiftSettings: optimize),
-        .executableTarget(name: "train", dependencies: ["Shared"], swiftSettings: optimize),
-        .executableTarget(name: "sample", dependencies: ["Shared"], swiftSettings: optimize),
-        .executableTarget(name: "discrim", dependencies: ["Shared"], swiftSettings: optimize),
-        .executableTarget(name: "rlstep", dependencies: ["Shared"], swiftSettings: optimize),
-        .executableTarget(name: "embed", dependencies: ["Shared"], swiftSettings: optimize),
+
+        .executableTarget(name: "tensors", dependencies: ["Shared"], swiftSettings: checked),
+        .executableTarget(name: "fid", dependencies: ["Shared"], swiftSettings: checked),
+        .executableTarget(name: "train", dependencies: ["Shared"], swiftSettings: checked),
+        .executableTarget(name: "sample", dependencies: ["Shared"], swiftSettings: checked),
+        .executableTarget(name: "discrim", dependencies: ["Shared"], swiftSettings: checked),
+        .executableTarget(name: "rlstep", dependencies: ["Shared"], swiftSettings: checked),
+        .executableTarget(name: "embed", dependencies: ["Shared"], swiftSettings: checked),
         .testTarget(name: "SharedTests", dependencies: ["Shared", "CZlib"], exclude: ["Golden"]),
     ],
     // Swift 5 language mode: the tools are single-process pipelines whose parallelism lives in

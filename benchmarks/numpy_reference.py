@@ -3,7 +3,7 @@ Swift models compute what the PyTorch modules would (layouts, chunk orders, unpa
 timestep embedding), without PyTorch.
 
     mkdir -p /tmp/parity
-    DRL_PARITY_DIR=/tmp/parity swift test -c release -Xswiftc -enable-testing \
+    DRL_PARITY_DIR=/tmp/parity swift test -c release --disable-testable-imports \
         --disable-swift-testing --filter ModelTests.testDumpForNumpyParity
     python3 benchmarks/numpy_reference.py /tmp/parity
 

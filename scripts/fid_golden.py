@@ -12,7 +12,7 @@ and the reference numbers computed the way the Python tools compute them:
     full sets (the deterministic case `fid` uses when the subset size covers both sets);
   * PRDC: the `prdc` package's algorithm (Naeem et al. 2020) with exact pairwise distances;
     precision/recall with k = 3, density/coverage with k = 5;
-  * low-level image statistics of algorithms.md section 3.8 on a tiny RGB and grey set.
+  * low-level image statistics of docs/algorithms.md section 3.8 on a tiny RGB and grey set.
 
 Usage: python3 scripts/fid_golden.py [OUT_DIR]   (default Tests/SharedTests/Golden)
 Needs numpy, scipy, safetensors, zstandard.
@@ -45,7 +45,7 @@ def write_stream(path, arrays, metadata, record_rows):
 
 
 def read_stream(path):
-    """The ten-line reader of DESIGN.md: zstd -dc, then safetensors records back to back."""
+    """The ten-line reader of docs/design.md: zstd -dc, then safetensors records back to back."""
     import struct
     import zstandard
     from safetensors.numpy import load
@@ -119,7 +119,7 @@ def prdc(real, fake, k):
     return dict(precision=float(precision), recall=float(recall), density=float(density), coverage=float(coverage))
 
 
-# ---- low-level image statistics (algorithms.md 3.8) --------------------------------------------
+# ---- low-level image statistics (docs/algorithms.md 3.8) --------------------------------------------
 def lowlevel(x):
     u = np.clip((x.astype(np.float64) + 1) / 2, 0, 1)
     if u.shape[1] == 1:

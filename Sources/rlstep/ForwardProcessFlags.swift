@@ -5,7 +5,7 @@ import Shared
 extension ForwardProcessObjective.RewardStd: ExpressibleByArgument {}
 
 /// Flags of the forward-process objectives (`--algo crd`, `--algo nft`); defaults are CRD's
-/// (algorithms.md 4.5) or DiffusionNFT's where they differ.
+/// (docs/algorithms.md 4.5) or DiffusionNFT's where they differ.
 struct ForwardProcessFlags: ParsableArguments {
     @Option(name: .customLong("timesteps"), help: "crd/nft: training times per sample per update (stratified).") var timesteps = 20
     @Option(name: .customLong("timestep-range"), help: "crd/nft: times are shift(range * u), u stratified in [0, 1).") var timestepRange = 0.99

@@ -67,7 +67,7 @@ struct RLStep: ParsableCommand {
     @Option(name: .customLong("clip-range"), help: "grpo: PPO clip epsilon.") var clipRange = 1e-4
     @Option(name: .customLong("adv-norm"), help: "grpo: group, global-std or global.") var advNorm: GRPO.AdvantageNorm = .group
     @Option(name: .customLong("adv-clip"), help: "grpo/crd/nft: advantage clip.") var advClip = 5.0
-    @Flag(name: .customLong("ratio-norm"), help: "grpo: GRPO-Guard ratio normalisation (algorithms.md 5.4).") var ratioNorm = false
+    @Flag(name: .customLong("ratio-norm"), help: "grpo: GRPO-Guard ratio normalisation (docs/algorithms.md 5.4).") var ratioNorm = false
 
     @OptionGroup(title: "crd / nft") var fp: ForwardProcessFlags
     @OptionGroup var threads: ThreadOptions

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// Issue #13's defects, each through the built tools: a diverged RL update, unwritable or closed
 /// outputs (EPIPE, a full disk: /dev/full, see TestSupport.fullDevice), ignored or unchecked flags.

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// A nonlinear test encoder without a JVP (R1 then uses finite differences): phi(x) = tanh(A x).
 struct TanhEncoder: FeatureEncoder {

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// The `discrim` executable end to end: train on pixel features, score with --grad, refusals.
 final class DiscrimToolTests: XCTestCase {

@@ -1,5 +1,5 @@
 import XCTest
-@testable import Shared
+import Shared
 
 /// The built `embed` executable: pass-through, digest, --pixels, errors, train and probe.
 final class EmbedToolTests: XCTestCase {

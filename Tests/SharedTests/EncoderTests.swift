@@ -1,5 +1,5 @@
 import XCTest
-@testable import Shared
+import Shared
 
 /// Encoders: gradient checks of featureVJP and of the training gradients, batch invariance,
 /// checkpoints, and tiny training runs that lower the loss.

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// Agreement with numpy/scipy reference numbers written by scripts/fid_golden.py:
 /// FD as pytorch-fid computes it (scipy.linalg.sqrtm), KID and PRDC by straightforward numpy,

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// Runs the built `fid` executable (next to the test bundle) on good and bad inputs: the golden
 /// numbers come out in `--json`, and every bad input is one `fid: error: ...` line with exit 1.

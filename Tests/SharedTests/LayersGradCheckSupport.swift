@@ -1,5 +1,5 @@
 import XCTest
-@testable import Shared
+import Shared
 
 /// Finite-difference gradient checking for float32 layers.
 ///

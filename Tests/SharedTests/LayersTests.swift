@@ -1,5 +1,5 @@
 import XCTest
-@testable import Shared
+import Shared
 
 private func buffer(_ v: [Float]) -> Buffer {
     let b = Buffer(v.count)

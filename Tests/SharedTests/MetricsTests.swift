@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// Library-level checks of the `fid` metrics: streaming statistics, the Frechet distance against
 /// closed forms, and every bad input the tool must refuse.

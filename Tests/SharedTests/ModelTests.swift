@@ -1,6 +1,6 @@
 import XCTest
 import Foundation
-@testable import Shared
+import Shared
 
 final class ModelTests: XCTestCase {
     static let mlpSmall = ModelConfig(arch: "mlp", channels: 2, height: 4, width: 4, numClasses: 3,

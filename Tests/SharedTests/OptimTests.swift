@@ -1,5 +1,5 @@
 import XCTest
-@testable import Shared
+import Shared
 
 final class OptimTests: XCTestCase {
     /// Reference AdamW in float64, written from torch.optim.AdamW's documented algorithm.

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 final class RLAdjointMatchingTests: XCTestCase {
     /// Adjoint matching on the toy: base = flow to N(0.5, 0.8^2) per dim, reward

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// CRD and DiffusionNFT: exact centring, gradient checks, snapshot schedules, and the tilted toy.
 final class RLForwardProcessTests: XCTestCase {

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// `rlstep --algo crd|nft`, `sample --weights sampling` and `tensors reward --brightness` as a user runs them.
 final class RLForwardProcessToolTests: XCTestCase {

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 final class RLGRPOTests: XCTestCase {
     /// GRPO on the toy (flowgrpo SDE, eta 0.7, 10 steps, groups of 8, linear reward): the mean

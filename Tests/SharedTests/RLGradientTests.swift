@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// Gradient checks of every RL gradient path, and the DRL <-> toolkit time conventions.
 final class RLGradientTests: XCTestCase {

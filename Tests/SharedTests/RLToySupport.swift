@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// The RL toy: a tiny mlp VelocityNet on [C, H, W] = [1, 1, 2] trained by flow matching on
 /// data N(m, s^2) per dimension (the base), rollouts through the shipped Sampler written as

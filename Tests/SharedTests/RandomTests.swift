@@ -1,5 +1,5 @@
 import XCTest
-@testable import Shared
+import Shared
 
 final class RandomTests: XCTestCase {
     /// Known-answer vectors of Philox4x32-10 from the Random123 distribution (kat_vectors).

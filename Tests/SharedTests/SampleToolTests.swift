@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// Helpers for the engine tests (train and sample run end to end as built executables).
 enum EngineTestSupport {

@@ -1,7 +1,7 @@
 import XCTest
-@testable import Shared
+import Shared
 
-/// Marginal accuracy of every sampler against analytic data (algorithms.md 8.1):
+/// Marginal accuracy of every sampler against analytic data (docs/algorithms.md 8.1):
 /// (a) point mass m = 1.5, marginal N((1 - t) m, t^2); (b) Gaussian N(1.5, 0.5^2), marginal
 /// N((1 - t) m, (1 - t)^2 s^2 + t^2). Two measurements: exact moment propagation through the step
 /// coefficients (no noise: `SamplerDiagnostics.propagatedMoments`) and Monte Carlo through

@@ -1,5 +1,5 @@
 import XCTest
-@testable import Shared
+import Shared
 
 /// Regenerates the error table of docs/samplers.md. Runs only when SAMPLER_TABLE_OUT names a
 /// file to write (it takes ~30 s); the assertions on the same numbers live in SamplerMomentTests.

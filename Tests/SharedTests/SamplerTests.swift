@@ -1,5 +1,5 @@
 import XCTest
-@testable import Shared
+import Shared
 
 /// A class-conditional analytic field for determinism / CFG tests: Gaussian data with a mean that
 /// depends on the label (the null label gets its own mean), so guidance changes the result.
@@ -89,7 +89,7 @@ final class SamplerTests: XCTestCase {
     }
 
     /// Each kind's (a, b, std) against the formula as written in the reference code
-    /// (algorithms.md 2.1, 2.2, 5.2; DRL eqs. 34/35), evaluated in Double at random x, v.
+    /// (docs/algorithms.md 2.1, 2.2, 5.2; DRL eqs. 34/35), evaluated in Double at random x, v.
     func testStepsMatchReferenceFormulas() throws {
         var rng = CounterRNG(seed: 3)
         for (t, tn) in [(Float(1), Float(0.9)), (0.7, 0.55), (0.3, 0.1), (0.2, 0)] as [(Float, Float)] {

@@ -1,5 +1,5 @@
 import XCTest
-@testable import Shared
+import Shared
 
 final class StreamTests: XCTestCase {
     func randomBytes(_ n: Int, seed: UInt64) -> [UInt8] {

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// Issue #13's weak tests made real: discriminator early stopping, the probe on held-out data.
 extension DiscrimTests {

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// One command-line surface for every tool (issue #13): the input as FILE, -i FILE or stdin;
 /// -o; --version; closed choices as enums; checkpoints in `tensors info`.

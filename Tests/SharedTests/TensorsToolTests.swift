@@ -1,5 +1,5 @@
 import XCTest
-@testable import Shared
+import Shared
 import CZlib
 
 /// End-to-end: the `tensors` executable on good and bad input, as a user runs it.

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 /// Helpers shared by the tests: temporary files, zstd-compressing raw bytes, and running the
 /// built executables (they sit next to the test bundle in the build folder).

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Shared
+import Shared
 
 final class TrainToolTests: XCTestCase {
     var dir = ""

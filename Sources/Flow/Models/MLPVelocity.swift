@@ -1,0 +1,139 @@
+import Foundation
+import NN
+import Numerics
+
+/// Residual MLP velocity network over flattened pixels ("mlp"), conditioned like DiT:
+///
+///     h = input_proj(x)                                        Linear(D, W)
+///     c = t_embedder(t * time_scale) + y_embedder(y)           [B, W]
+///     for each block:                                          blocks.i
+///         shift, scale, gate = adaLN_modulation(c).chunk(3)    SiLU -> Linear(W, 3W)
+///         h = h + gate * fc2(SiLU(fc1(LN(h) * (1 + scale) + shift)))   fc1 W->M, fc2 M->W
+///     shift, scale = final_layer.adaLN_modulation(c).chunk(2)  SiLU -> Linear(W, 2W)
+///     v = final_layer.linear(LN(h) * (1 + scale) + shift)      Linear(W, D)
+///
+/// LayerNorms have no affine, eps 1e-6. adaLN linears and the final linear start at zero
+/// (adaLN-Zero), so the untrained network outputs 0. `benchmarks/torch_models.py` holds the
+/// PyTorch twin (`MLPVelocity`) that loads our checkpoints with strict=True.
+public final class MLPVelocity: VelocityNet {
+    final class Block {
+        let norm: LayerNorm
+        let ada: Linear
+        let mod: Modulate
+        let fc1: Linear
+        let act = SiLU()
+        let fc2: Linear
+        let gated: GatedResidual
+
+        init(_ ps: ParameterSet, _ name: String, width: Int, hidden: Int) {
+            norm = LayerNorm(nil, name + ".norm", dim: width, affine: false)
+            ada = Linear(ps, name + ".adaLN_modulation.1", in: width, out: 3 * width)
+            mod = Modulate(dim: width)
+            fc1 = Linear(ps, name + ".fc1", in: width, out: hidden)
+            fc2 = Linear(ps, name + ".fc2", in: hidden, out: width)
+            gated = GatedResidual(dim: width)
+        }
+    }
+
+    let inputProj: Linear
+    let tEmbedder: TimestepEmbedder
+    let yEmbedder: Embedding
+    let condAct = SiLU()
+    let blocks: [Block]
+    let finalNorm: LayerNorm
+    let finalAda: Linear
+    let finalMod: Modulate
+    let finalLinear: Linear
+
+    private var batch = 0
+    private let xCopy = Buffer(), cond = Buffer(), tScaled = Buffer()
+    private let dH = Buffer(), dMod = Buffer(), dSC = Buffer(), outBuf = Buffer()
+
+    override init(config: ModelConfig, params ps: ParameterSet) {
+        let W = config.hidden, D = config.sampleDimension
+        inputProj = Linear(ps, "input_proj", in: D, out: W)
+        tEmbedder = TimestepEmbedder(ps, "t_embedder", dim: W, frequencyDim: config.frequencyDim)
+        yEmbedder = Embedding(ps, "y_embedder.embedding_table", rows: config.numClasses + 1, dim: W)
+        blocks = (0..<config.depth).map { Block(ps, "blocks.\($0)", width: W, hidden: config.mlpHidden) }
+        finalNorm = LayerNorm(nil, "final_layer.norm_final", dim: W, affine: false)
+        finalAda = Linear(ps, "final_layer.adaLN_modulation.1", in: W, out: 2 * W)
+        finalMod = Modulate(dim: W)
+        finalLinear = Linear(ps, "final_layer.linear", in: W, out: D)
+        super.init(config: config, params: ps)
+    }
+
+    override func makeReplica() -> VelocityNet { MLPVelocity(config: config, params: params) }
+
+    override func initialize(rng: inout CounterRNG) {
+        inputProj.initXavier(rng: &rng)
+        tEmbedder.initDiT(rng: &rng)
+        yEmbedder.weight.normal(std: 0.02, rng: &rng)
+        for b in blocks {
+            b.fc1.initXavier(rng: &rng)
+            b.fc2.initXavier(rng: &rng)
+            b.ada.initZero()
+        }
+        finalAda.initZero()
+        finalLinear.initZero()
+    }
+
+    @discardableResult
+    override public func forward(_ x: UnsafePointer<Float>, t: [Float], y: [Int], batch: Int) -> UnsafeMutablePointer<Float> {
+        checkInputs(t: t, y: y, batch: batch)
+        self.batch = batch
+        let W = config.hidden, D = config.sampleDimension
+        let xc = xCopy.ensure(batch * D)
+        xc.update(from: x, count: batch * D)
+        var h = UnsafePointer(inputProj.forward(xc, rows: batch))
+        // conditioning c = t_emb + y_emb, then SiLU(c) shared by every adaLN linear
+        let te = tEmbedder.forward(t.map { $0 * config.timeScale })
+        let ye = yEmbedder.forward(y)
+        let c = cond.ensure(batch * W)
+        for i in 0..<(batch * W) { c[i] = te[i] + ye[i] }
+        let sc = condAct.forward(c, count: batch * W)
+        for b in blocks {
+            let m = b.ada.forward(sc, rows: batch)
+            let n = b.norm.forward(h, rows: batch)
+            let mm = b.mod.forward(n, shift: m, scale: m + W, ld: 3 * W, batch: batch, tokens: 1)
+            let f1 = b.fc1.forward(mm, rows: batch)
+            let a = b.act.forward(f1, count: batch * config.mlpHidden)
+            let f2 = b.fc2.forward(a, rows: batch)
+            h = UnsafePointer(b.gated.forward(residual: h, f2, gate: m + 2 * W, ld: 3 * W, batch: batch, tokens: 1))
+        }
+        let mf = finalAda.forward(sc, rows: batch)
+        let nf = finalNorm.forward(h, rows: batch)
+        let mmf = finalMod.forward(nf, shift: mf, scale: mf + W, ld: 2 * W, batch: batch, tokens: 1)
+        let out = outBuf.ensure(batch * D)
+        finalLinear.forward(mmf, rows: batch, into: out)
+        return out
+    }
+
+    @discardableResult
+    override public func backward(_ dv: UnsafePointer<Float>, paramGrads: Bool = true) -> UnsafeMutablePointer<Float> {
+        let W = config.hidden, B = batch
+        let dh = dH.ensure(B * W)
+        let dm = dMod.ensure(B * 3 * W)
+        let dsc = dSC.zeroed(B * W)
+        // final layer
+        let dmmf = finalLinear.backward(dv, paramGrads: paramGrads)
+        let dnf = finalMod.backward(dmmf, dShift: dm, dScale: dm + W)
+        dh.update(from: finalNorm.backward(dnf), count: B * W)
+        if paramGrads { finalAda.backward(dm, into: dsc, accumulate: true) }
+        // blocks, last first; dh is dL/d(block output), the residual passes it through
+        for b in blocks.reversed() {
+            let df2 = b.gated.backward(dh, dGate: dm + 2 * W)
+            let da = b.fc2.backward(df2, paramGrads: paramGrads)
+            let df1 = b.act.backward(da)
+            let dmm = b.fc1.backward(df1, paramGrads: paramGrads)
+            let dn = b.mod.backward(dmm, dShift: dm, dScale: dm + W)
+            Ops.add(b.norm.backward(dn), into: dh, count: B * W)
+            if paramGrads { b.ada.backward(dm, into: dsc, accumulate: true) }
+        }
+        if paramGrads {
+            let dc = condAct.backward(dsc)
+            tEmbedder.backward(dc)
+            yEmbedder.backward(dc)
+        }
+        return inputProj.backward(dh, paramGrads: paramGrads)
+    }
+}

@@ -1,0 +1,5 @@
+/// A failure of an RL update: a buffer that lacks what the objective needs, a model that does not fit it. Renders as one line, which tools print as `TOOL: error: <description>`.
+public struct RLError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ message: String) { description = message }
+}
