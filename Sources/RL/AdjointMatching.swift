@@ -202,18 +202,8 @@ public final class AdjointMatching: RLObjective {
                 r += 1
             }
         }
-        // adaptive outlier clipping
         let finite = loss.filter { $0.isFinite }
-        var keep = loss.map { $0.isFinite }
-        if options.clipQuantile < 1, !finite.isEmpty {
-            let q = Stats.quantile(finite, options.clipQuantile)
-            if let prev = threshold {
-                threshold = options.clipRho * prev + (1 - options.clipRho) * min(q, options.clipCap * prev)
-            } else {
-                threshold = q
-            }
-            for j in loss.indices where keep[j] && loss[j] >= threshold! { keep[j] = false }
-        }
+        let keep = Self.outlierMask(loss, threshold: &threshold, quantile: options.clipQuantile, rho: options.clipRho, cap: options.clipCap)
         let kept = keep.filter { $0 }.count
         seen += samples.count
         masked += samples.count - kept
@@ -242,6 +232,25 @@ public final class AdjointMatching: RLObjective {
         [("lambda", options.lambda), ("kl", klStart), ("outlier_frac", seen > 0 ? Double(masked) / Double(seen) : 0),
          ("outlier_threshold", threshold ?? .nan), ("adjoint_norm_terminal", adjTerminal), ("adjoint_norm_t1", adjStart),
          ("timesteps_per_sample", Double(max(1, Int((options.timestepFraction * Double(S)).rounded(.up)))))]
+    }
+
+    /// DRL's adaptive outlier clipping of per-sample losses l (App. H): with q the `quantile` of
+    /// the finite losses, the threshold moves as tau_n = rho tau_{n-1} + (1 - rho) min(q, cap tau_{n-1})
+    /// (the first minibatch sets tau = q), and samples with l >= tau_n or a non-finite l are masked.
+    /// Returns which samples are kept; `quantile` >= 1 switches the clipping off (non-finite
+    /// losses are still masked).
+    public static func outlierMask(_ loss: [Double], threshold: inout Double?, quantile: Double, rho: Double, cap: Double) -> [Bool] {
+        let finite = loss.filter { $0.isFinite }
+        var keep = loss.map { $0.isFinite }
+        guard quantile < 1, !finite.isEmpty else { return keep }
+        let q = Stats.quantile(finite, quantile)
+        if let prev = threshold {
+            threshold = rho * prev + (1 - rho) * min(q, cap * prev)
+        } else {
+            threshold = q
+        }
+        for j in loss.indices where keep[j] && loss[j] >= threshold! { keep[j] = false }
+        return keep
     }
 
     public static let thresholdKey = "rl.am.outlier_threshold"

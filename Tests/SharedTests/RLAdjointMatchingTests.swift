@@ -3,6 +3,36 @@ import XCTest
 import Shared
 
 final class RLAdjointMatchingTests: XCTestCase {
+    /// The outlier rule, step by step: the first minibatch sets tau to the quantile; later ones
+    /// move it by rho toward the quantile, capped at cap * tau (a spike cannot drag it up); losses at
+    /// or above tau, and non-finite ones, are masked.
+    func testOutlierThresholdFollowsDRLsRule() {
+        var tau: Double?
+        let first = (1...10).map(Double.init)
+        let keep1 = AdjointMatching.outlierMask(first, threshold: &tau, quantile: 0.9, rho: 0.9, cap: 5)
+        let q1 = Stats.quantile(first, 0.9)
+        XCTAssertEqual(tau, q1)
+        XCTAssertEqual(keep1, first.map { $0 < q1 })
+        XCTAssertEqual(keep1.filter { !$0 }.count, 1, "one loss of ten lies at or above the 0.9 quantile")
+        // a spike: the quantile is huge, the cap holds the move to (1 - rho) * cap * tau
+        let spiky = (1...9).map(Double.init) + [1e6, .nan]
+        let q2 = Stats.quantile(spiky.filter { $0.isFinite }, 0.9)
+        XCTAssertGreaterThan(q2, 5 * q1)
+        let keep2 = AdjointMatching.outlierMask(spiky, threshold: &tau, quantile: 0.9, rho: 0.9, cap: 5)
+        XCTAssertEqual(tau!, 0.9 * q1 + 0.1 * 5 * q1, accuracy: 1e-12)
+        XCTAssertEqual(keep2, spiky.map { $0.isFinite && $0 < tau! })
+        XCTAssertFalse(keep2.last!, "NaN is masked")
+        // below the cap, tau moves a tenth of the way to the quantile
+        let calm = (1...10).map { Double($0) / 10 }
+        let before = tau!
+        _ = AdjointMatching.outlierMask(calm, threshold: &tau, quantile: 0.9, rho: 0.9, cap: 5)
+        XCTAssertEqual(tau!, 0.9 * before + 0.1 * Stats.quantile(calm, 0.9), accuracy: 1e-12)
+        // quantile 1 switches clipping off but still masks non-finite losses
+        var off: Double?
+        XCTAssertEqual(AdjointMatching.outlierMask([1, 100, .infinity], threshold: &off, quantile: 1, rho: 0.9, cap: 5), [true, true, false])
+        XCTAssertNil(off)
+    }
+
     /// Adjoint matching on the toy: base = flow to N(0.5, 0.8^2) per dim, reward
     /// r = c.x - (a/2)|x|^2, lambda = 1. The target p_base exp(lambda r) is computed by
     /// self-normalised importance weighting of base samples from the same sampler (so sampler
