@@ -165,5 +165,10 @@ struct RLStep: ParsableCommand {
             throw BrokenPipe()
         }
         try pending.commit()
+        // A round in which the outlier rule masked every sample leaves the policy where it was,
+        // with loss 0 (the losses outgrew the threshold, e.g. after a too large step).
+        if let frac = m.first(where: { $0.0 == "outlier_frac" })?.1, frac >= 1 {
+            printError("rlstep: warning: the outlier rule masked every sample, so this round did not update the policy; lower --lr, or raise --clip-cap or --clip-quantile")
+        }
     }
 }
