@@ -127,9 +127,14 @@ refresh_disc() {
     local tmp; tmp=$(mktemp -d "$EXP/.refresh.XXXXXX")
     sample --model "$2" --no-ema --n "$DISC_REFRESH_FAKE" --offset $(( 1000000 + $1 * DISC_REFRESH_FAKE )) --sampler "$DISC_SAMPLER" \
         --steps "$DISC_STEPS" --seed $((SEED + 778)) --threads "$THREADS" --quiet | "${embed_cmd[@]}" > "$tmp/fake.tzst"
-    tensors head -n "$DISC_REAL" -i "$RUN/train.tzst" | "${embed_cmd[@]}" > "$tmp/real.tzst"
+    # the real side is the same at every refresh: its features are computed once per run
+    local real=$EXP/disc/real-features.tzst
+    if [ ! -s "$real" ]; then
+      tensors head -n "$DISC_REAL" -i "$RUN/train.tzst" | "${embed_cmd[@]}" > "$tmp/real.tzst"
+      mv "$tmp/real.tzst" "$real"
+    fi
     local r1=(); [ "$R1" != 0 ] && r1=(--r1 "$R1" --encoder "$ENC_DISC")
-    discrim train --real "$tmp/real.tzst" --fake "$tmp/fake.tzst" --head "$DISC_HEAD" "${r1[@]}" --init-from "$cur_disc" \
+    discrim train --real "$real" --fake "$tmp/fake.tzst" --head "$DISC_HEAD" "${r1[@]}" --init-from "$cur_disc" \
       --max-steps "$DISC_REFRESH_STEPS" --seed $((SEED + $1)) --threads "$THREADS" --quiet -o "$out" > "$out.report.json"
     rm -rf "$tmp"
     log "  discriminator refreshed for round $1: $(jq -c '.heldout' "$out.report.json" | head -c 200)"
