@@ -77,7 +77,8 @@ if [ "$REWARD" = discrim ] && [ ! -s "$DISC" ]; then
   tmp=$(mktemp -d "$RUN/.disc.XXXXXX")
   # The base model's samples are kept: every discriminator of this base (other spaces, heads, R1)
   # trains on the same fakes, and sampling them is the slow part for a transformer.
-  fakes=$RUN/base-fakes-$DISC_SAMPLER$DISC_STEPS-n$DISC_FAKE.tzst
+  # Named after the base checkpoint, so a run from another base (BASE=...) never reuses them.
+  fakes=$RUN/$(basename "$BASE" .safetensors)-fakes-$DISC_SAMPLER$DISC_STEPS-n$DISC_FAKE.tzst
   if [ ! -s "$fakes" ]; then
     sample --model "$BASE" --n "$DISC_FAKE" --sampler "$DISC_SAMPLER" --steps "$DISC_STEPS" --seed $((SEED + 777)) \
       --threads "$THREADS" --quiet -o "$fakes"
@@ -99,9 +100,11 @@ eval_round() {  # $1 = checkpoint, $2 = round
   bash "$here/evaluate.sh" "$1" "$NAME" "$2" >/dev/null
   log "  eval round $2: $(grep "^$NAME	$2	" "$RESULTS" | cut -f3-6 | tr '\t' ' ') (fd_eval fd_simclr kid kid_se)"
 }
-if [ "$EVAL_EVERY" -gt 0 ] && ! grep -q "^base	0	" "$RESULTS" 2>/dev/null; then
-  bash "$here/evaluate.sh" "$BASE" base 0 >/dev/null
-  log "  eval base: $(grep "^base	0	" "$RESULTS" | cut -f3-6 | tr '\t' ' ') (fd_eval fd_simclr kid kid_se)"
+# The base's row: label "base" for $RUN/base.safetensors, else the checkpoint's name.
+base_label=base; [ "$BASE" = "$RUN/base.safetensors" ] || base_label=$(basename "$BASE" .safetensors)
+if [ "$EVAL_EVERY" -gt 0 ] && ! grep -q "^$base_label	0	" "$RESULTS" 2>/dev/null; then
+  bash "$here/evaluate.sh" "$BASE" "$base_label" 0 >/dev/null
+  log "  eval $base_label: $(grep "^$base_label	0	" "$RESULTS" | cut -f3-6 | tr '\t' ' ') (fd_eval fd_simclr kid kid_se)"
 fi
 
 score_with() {  # $1 = discriminator checkpoint: sets the scoring stage

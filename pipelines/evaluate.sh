@@ -19,6 +19,8 @@ EVAL_SAMPLER=${EVAL_SAMPLER:-euler}    # the deterministic ODE: what a user of t
 EVAL_STEPS=${EVAL_STEPS:-50}
 EVAL_SEED=${EVAL_SEED:-12345}          # fixed: every model is judged on the same noise
 EVAL_WEIGHTS=${EVAL_WEIGHTS:-auto}     # auto (EMA for train checkpoints, raw for rlstep ones) | ema | raw
+EVAL_CFG=${EVAL_CFG:-1}                # classifier-free guidance scale (1: off, the toolkit's default; a
+                                       # guided row is a reference point for guidance-free DRL, label it so)
 RESULTS=${RESULTS:-$RUN/results.tsv}
 KEEP_SAMPLES=${KEEP_SAMPLES:-0}        # 1: keep the generated stream in $RUN/eval
 ENC_EVAL=${ENC_EVAL:-$RUN/enc-eval.safetensors}   # the held-out space (no discriminator ever trains in it)
@@ -55,7 +57,7 @@ case "$SRC" in
     esac
     samples=$tmp/samples.tzst
     sample --model "$SRC" "${weights[@]}" --n "$EVAL_N" --sampler "$EVAL_SAMPLER" --steps "$EVAL_STEPS" \
-      --seed "$EVAL_SEED" --threads "$THREADS" --quiet -o "$samples"
+      --cfg "$EVAL_CFG" --seed "$EVAL_SEED" --threads "$THREADS" --quiet -o "$samples"
     ;;
 esac
 # The first 100 samples (ids 0-99: column j is class j) for grids and side-by-side comparisons:
