@@ -230,7 +230,7 @@ final class RefineCronToolTests: XCTestCase {
         var r = try cron(["TOLERANCE": "0"])
         XCTAssertEqual(r.status, 0, r.stderr)
         var m = try lines("cron-metrics.jsonl")
-        XCTAssertEqual(m.count, 1)
+        guard m.count == 1 else { return XCTFail("expected one metrics line: \(m) \(r.stderr)") }
         XCTAssertEqual(number(m[0]["fd_candidate"]), number(m[0]["fd_before"]), "same weights, same samples, same FD")
         XCTAssertEqual(bool(m[0]["promoted"]), true, "equal FD passes at tolerance 0")
         XCTAssertEqual(try digest("current.safetensors"), equal)
