@@ -9,7 +9,10 @@
 # - stop rule: a candidate whose held-out FD is worse than the current model's by more than
 #   $TOLERANCE (relative) is not promoted and the file STOPPED is written; later runs do nothing
 #   until it is removed.
-# Needs $RUN/base.safetensors, the encoders and the discriminator (pretrain.sh, drl.sh stage 1).
+# - a killed run's leftovers (rlstep's and cp's temporary files, a half-written state) are removed
+#   by the next run, under the lock.
+# Needs $RUN/base.safetensors, the encoders and the discriminator (pretrain.sh, drl.sh stage 1);
+# ENC_DISC=pixels (the demo's discriminator) needs no encoder file.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -18,8 +21,10 @@ NAME=${NAME:-cron}
 THREADS=${THREADS:-2}
 SEED=${SEED:-0}
 BASE=${BASE:-$RUN/base.safetensors}
-ENC_DISC=${ENC_DISC:-$RUN/enc-disc.safetensors}
-DISC=${DISC:-$RUN/disc-linear-r1_0.safetensors}
+ENC_DISC=${ENC_DISC:-$RUN/enc-disc.safetensors}   # or "pixels", as in drl.sh
+DISC_HEAD=${DISC_HEAD:-linear}
+R1=${R1:-0}
+DISC=${DISC:-$RUN/disc-$DISC_HEAD-r1_$R1.safetensors}   # drl.sh stage 1's name for it
 N=${N:-256}
 STEPS=${STEPS:-20}
 LAMBDA=${LAMBDA:-10}
@@ -35,12 +40,17 @@ RESULTS=$EXP/results.tsv; export RESULTS
 exec 9>"$EXP/.lock"
 if ! flock -n 9; then echo "refine-cron: another run holds $EXP/.lock; nothing to do" >&2; exit 0; fi
 if [ -e "$EXP/STOPPED" ]; then echo "refine-cron: stopped ($(cat "$EXP/STOPPED")); remove $EXP/STOPPED to go on" >&2; exit 0; fi
-for f in "$BASE" "$ENC_DISC" "$DISC"; do
+enc=(); [ "$ENC_DISC" = pixels ] || enc=(--encoder "$ENC_DISC")   # pixel features need no encoder
+for f in "$BASE" "${enc[@]:1}" "$DISC"; do
   [ -s "$f" ] || { echo "refine-cron: $f missing (run pretrain.sh and drl.sh stage 1 first)" >&2; exit 1; }
 done
 t0=$SECONDS
 current=$EXP/current.safetensors
+candidate=$EXP/candidate.safetensors
 state=$EXP/state.json                  # {"digest": sha256 of current, "fd_eval": its FD, "round": k}
+# Left by a killed run (we hold the lock, so nothing is writing them): rlstep's temporary
+# checkpoint (AtomicFile's .NAME.tmp-PID), the copy of the base, atomic_write's temporaries.
+rm -f "$EXP"/.candidate.safetensors.tmp-* "$current.tmp" "$state".??????
 
 atomic_write() {  # $1 = path; content on stdin
   local tmp; tmp=$(mktemp "$1.XXXXXX"); cat > "$tmp"; mv -f "$tmp" "$1"
@@ -63,7 +73,6 @@ if [ -z "$fd_cur" ]; then  # first run, or killed between promotion and the stat
   jq -n --arg d "$(digest "$current")" --argjson fd "$fd_cur" --argjson r "$round" '{digest: $d, fd_eval: $fd, round: $r}' | atomic_write "$state"
 fi
 
-candidate=$EXP/candidate.safetensors
 cur_digest=$(digest "$current")
 if [ -s "$candidate" ] && [ "$(ckpt_meta "$candidate" parent_sha256)" != "$cur_digest" ]; then
   rm -f "$candidate"                     # a candidate from another parent: stale
@@ -73,7 +82,7 @@ if [ ! -s "$candidate" ]; then
   # shellcheck disable=SC2046
   sample --model "$current" $(sample_weights "$current") --n "$N" --offset $(( round * N )) --seed "$SEED" \
       --sampler memoryless-ll --steps "$STEPS" --record --threads "$THREADS" --quiet \
-    | discrim score --model "$DISC" --grad --encoder "$ENC_DISC" --threads "$THREADS" \
+    | discrim score --model "$DISC" --grad "${enc[@]}" --threads "$THREADS" \
     | rlstep --algo am --model "$current" --ref "$BASE" --out "$candidate" --lambda "$LAMBDA" --lr "$LR" \
         --epochs "$EPOCHS" --minibatch "$MINIBATCH" --seed "$SEED" --threads "$THREADS" --metrics "$EXP/rl-metrics.jsonl"
 fi
