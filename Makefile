@@ -2,7 +2,7 @@
 # Both install what is missing (apt packages), build optimised, and run.
 
 SWIFT ?= swift
-APT_PACKAGES := pkg-config libopenblas-dev libzstd-dev libpng-dev zlib1g-dev zstd
+APT_PACKAGES := pkg-config libopenblas-dev libzstd-dev libpng-dev zlib1g-dev zstd parallel
 DEMO_PACKAGES := dataset-fashion-mnist gnuplot-nox jq
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
