@@ -2,11 +2,13 @@
 # Both install what is missing (apt packages), build optimised, and run.
 
 SWIFT ?= swift
-APT_PACKAGES := pkg-config libopenblas-dev libzstd-dev libpng-dev zlib1g-dev zstd jq
+APT_PACKAGES := pkg-config libopenblas-dev libzstd-dev libpng-dev zlib1g-dev zstd jq parallel
 DEMO_PACKAGES := dataset-fashion-mnist gnuplot-nox jq
+# Only for the optional data-parallel build (make build-mpi, make test-mpi).
+MPI_PACKAGES := openmpi-bin libopenmpi-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps demo-deps build test demo clean
+.PHONY: deps demo-deps mpi-deps build build-mpi test test-mpi demo clean
 
 # Installs only what is missing, so a ready machine pays nothing.
 deps:
@@ -18,6 +20,13 @@ deps:
 
 demo-deps: deps
 	@missing=""; for p in $(DEMO_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+mpi-deps: deps
+	@missing=""; for p in $(MPI_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -35,8 +44,17 @@ build: deps
 test: build
 	$(SWIFT) test -c release --disable-testable-imports --disable-swift-testing
 
+# The tools with OpenMPI linked into `train` (mpirun -np K train ...: data-parallel), in their own
+# build folder; the default build above needs no MPI. test-mpi runs `mpirun -np 2` against them.
+build-mpi: mpi-deps
+	DRL_MPI=1 $(SWIFT) build -c release --build-path .build-mpi --explicit-target-dependency-import-check error
+
+test-mpi: build-mpi build
+	DRL_MPI_TOOLS="$$(DRL_MPI=1 $(SWIFT) build -c release --build-path .build-mpi --show-bin-path)" \
+	  $(SWIFT) test -c release --disable-testable-imports --disable-swift-testing --filter TrainMPIToolTests
+
 demo: demo-deps build
 	PATH="$$($(SWIFT) build -c release --show-bin-path):$$PATH" bash pipelines/demo.sh
 
 clean:
-	rm -rf .build
+	rm -rf .build .build-mpi

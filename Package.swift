@@ -1,4 +1,5 @@
 // swift-tools-version:6.0
+import Foundation
 import PackageDescription
 
 // One package. C libraries come in through system-library targets found by pkg-config; the shared
@@ -12,6 +13,19 @@ import PackageDescription
 // -O, so its preconditions run in the tools and in the tests.
 let unchecked: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
 let checked: [SwiftSetting] = [.unsafeFlags(["-O", "-wmo"], .when(configuration: .release))]
+
+// MPI is optional: DRL_MPI=1 at build time adds OpenMPI (Debian's libopenmpi-dev, through the
+// system-library target CMPI and the C shim CMPIShim) to `train`, compiled with the condition
+// DRL_MPI, so `mpirun -np K train ...` is data-parallel (docs/scaleout.md). The default build
+// needs no MPI. Build it apart: `DRL_MPI=1 swift build -c release --build-path .build-mpi`
+// (`make build-mpi`).
+let withMPI = ProcessInfo.processInfo.environment["DRL_MPI"] == "1"
+let mpiTargets: [Target] = withMPI ? [
+    .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi", providers: [.apt(["libopenmpi-dev"])]),
+    .target(name: "CMPIShim", dependencies: ["CMPI"], path: "Sources/CMPIShim"),
+] : []
+let trainDependencies: [Target.Dependency] = withMPI ? ["Shared", "CMPIShim"] : ["Shared"]
+let trainSettings: [SwiftSetting] = withMPI ? checked + [.define("DRL_MPI")] : checked
 
 let package = Package(
     name: "drl-toolkit",
@@ -66,13 +80,13 @@ let package = Package(
 
         .executableTarget(name: "tensors", dependencies: ["Shared"], swiftSettings: checked),
         .executableTarget(name: "fid", dependencies: ["Shared"], swiftSettings: checked),
-        .executableTarget(name: "train", dependencies: ["Shared"], swiftSettings: checked),
+        .executableTarget(name: "train", dependencies: trainDependencies, swiftSettings: trainSettings),
         .executableTarget(name: "sample", dependencies: ["Shared"], swiftSettings: checked),
         .executableTarget(name: "discrim", dependencies: ["Shared"], swiftSettings: checked),
         .executableTarget(name: "rlstep", dependencies: ["Shared"], swiftSettings: checked),
         .executableTarget(name: "embed", dependencies: ["Shared"], swiftSettings: checked),
         .testTarget(name: "SharedTests", dependencies: ["Shared", "CZlib"], exclude: ["Golden"]),
-    ],
+    ] + mpiTargets,
     // Swift 5 language mode: the tools are single-process pipelines whose parallelism lives in
     // BLAS and explicit worker loops, so Swift 6's data-race checking buys little here.
     swiftLanguageModes: [.v5]

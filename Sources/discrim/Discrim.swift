@@ -140,6 +140,9 @@ extension Discrim {
             let digest = try Checkpoint.digest(model)
             let reader = try input.reader()
             let writer = try output.writer()
+            // One zstd frame per record (the scores of a record depend on that record alone), so
+            // shards join with `cat` into the bytes of one run (pipelines/shard.sh).
+            writer.framePerRecord = true
             var scorer: DiscriminatorScorer?
             while let r = try reader.read() {
                 if scorer == nil {

@@ -65,6 +65,10 @@ extension Embed {
             }
             let reader = try input.reader()
             let writer = try output.writer()
+            // An output record depends only on its input record: one zstd frame per record, so
+            // the outputs of shards that split the input at record boundaries join with `cat`
+            // into exactly the bytes of one run (pipelines/shard.sh).
+            writer.framePerRecord = true
             let bar = Progress(label: "embed", enabled: progress.showProgress)
             var xbuf = [Float]()
             while var record = try reader.read() {

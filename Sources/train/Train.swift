@@ -107,6 +107,29 @@ struct Train: ParsableCommand {
 
     func run() throws {
         threads.apply()
+        #if DRL_MPI
+        // Under mpirun: every rank reads the whole stream and computes its rows of each
+        // minibatch; gradients are summed before every step; rank 0 alone logs and writes the
+        // checkpoint. A phase that fails on any rank ends every rank (MPIGroup.collective).
+        if let group = try MPIGroup.join() {
+            try group.collective { try train(group: group) }
+            group.finish()
+            return
+        }
+        #endif
+        try train(group: nil)
+    }
+
+    /// Runs `body` as one collective phase (every rank agrees on failure) when in a group.
+    func phase<T>(_ group: DataParallelGroup?, _ body: () throws -> T) throws -> T {
+        #if DRL_MPI
+        if let g = group as? MPIGroup { return try g.collective(body) }
+        #endif
+        return try body()
+    }
+
+    /// The data, the model and the trainer (resumed or fresh), with the parent digest.
+    func setUp(group: DataParallelGroup?) throws -> (FlowMatchingTrainer, String?) {
         let data = try TrainingData.read(try input.reader())
         let trainer: FlowMatchingTrainer
         var parent: String?
@@ -118,7 +141,7 @@ struct Train: ParsableCommand {
             let saved = try TrainSettings.from(json: json)
             try checkUnchanged(saved)
             let net = try VelocityNet.load(from: record)
-            trainer = try FlowMatchingTrainer(net: net, settings: saved, data: data)
+            trainer = try FlowMatchingTrainer(net: net, settings: saved, data: data, group: group)
             try trainer.restore(from: record)
             parent = record.metadata[TrainingCheckpoint.parentKey]
         } else {
@@ -138,46 +161,61 @@ struct Train: ParsableCommand {
             } else {
                 net = try VelocityNet.make(try modelConfig(for: data), seed: settings.seed)
             }
-            trainer = try FlowMatchingTrainer(net: net, settings: settings, data: data)
+            trainer = try FlowMatchingTrainer(net: net, settings: settings, data: data, group: group)
         }
+        return (trainer, parent)
+    }
+
+    func train(group: DataParallelGroup?) throws {
+        let lead = (group?.rank ?? 0) == 0
+        // Every rank reads the data and builds the trainer; one that fails stops them all here.
+        let (trainer, parent) = try phase(group) { try setUp(group: group) }
 
         let meta = ["tool": "train", "version": Toolkit.version]
         func save() throws {
+            guard lead else { return }
             try Checkpoint.write(trainer.checkpointRecord(parentDigest: parent, metadata: meta), to: output)
         }
 
         var log: TextFile?
-        if let metrics { log = try MetricsLog.open(metrics, keepingThrough: trainer.step) }
-        let bar = Progress(label: "train", total: max(0, steps - trainer.step), enabled: progress.showProgress)
+        if let metrics { log = try phase(group) { lead ? try MetricsLog.open(metrics, keepingThrough: trainer.step) : nil } }
+        let bar = Progress(label: "train", total: max(0, steps - trainer.step), enabled: lead && progress.showProgress)
         let started = Date()
         var windowStart = Date(), windowImages = 0
         var last: TrainStepStats?
         let firstStep = trainer.step
         while trainer.step < steps {
-            let s = try trainer.trainStep()
+            // One phase per step (with its log line and checkpoint): a rank that fails in it stops all.
+            let s = try phase(group) { () -> TrainStepStats in
+                let s = try trainer.trainStep()
+                windowImages += trainer.settings.batch
+                if let log, s.step % logEvery == 0 || s.step == steps {
+                    let now = Date()
+                    let rate = Double(windowImages) / max(now.timeIntervalSince(windowStart), 1e-9)
+                    try log.write(MetricsLog.line(s, imagesPerSecond: rate))
+                    windowStart = now
+                    windowImages = 0
+                }
+                if saveEvery > 0 && s.step % saveEvery == 0 && s.step < steps { try save() }
+                return s
+            }
             last = s
-            windowImages += trainer.settings.batch
             bar.note = String(format: "loss %.4f", s.loss)
             bar.advance(1, unit: " step")
-            if let log, s.step % logEvery == 0 || s.step == steps {
-                let now = Date()
-                let rate = Double(windowImages) / max(now.timeIntervalSince(windowStart), 1e-9)
-                try log.write(MetricsLog.line(s, imagesPerSecond: rate))
-                windowStart = now
-                windowImages = 0
-            }
-            if saveEvery > 0 && s.step % saveEvery == 0 && s.step < steps { try save() }
         }
-        try save()
+        try phase(group) {
+            try save()
+            try log?.close()
+        }
         bar.finish()
-        try log?.close()
         let elapsed = Date().timeIntervalSince(started)
         let done = trainer.step - firstStep
         var summary = "train: step \(trainer.step)"
         if let last { summary += String(format: ", loss %.5f", last.loss) }
         if done > 0 { summary += String(format: ", %.1f images/s", Double(done * trainer.settings.batch) / max(elapsed, 1e-9)) }
         summary += String(format: ", peak memory %.0f MiB, BLAS core %@ x %d threads", MetricsLog.peakResidentMiB(), BLAS.coreName, BLAS.threads)
-        if !progress.quiet { printError(summary) }
+        if let group { summary += ", \(group.size) ranks" }
+        if lead && !progress.quiet { printError(summary) }
     }
 
     func freshSettings() throws -> TrainSettings {

@@ -122,6 +122,11 @@ public final class FlowMatchingTrainer {
     private var permutationEpoch = -1
 
     private var xt: [Float], target: [Float], dv: [Float]
+    /// Data parallelism: this process computes rows [B r / K, B (r+1) / K) of every minibatch
+    /// (every member draws the same indices, t, labels and noise), the gradients and the loss
+    /// are summed over the group before clipping, and every member takes the same step.
+    public let group: DataParallelGroup?
+    private var reduceScratch: [Float] = []
 
     public static let epochKey = "train.epoch"
     public static let cursorKey = "train.cursor"
@@ -129,8 +134,12 @@ public final class FlowMatchingTrainer {
     public static let settingsKey = "train.settings"
     public static let samplesKey = "train.samples"
 
-    public init(net: VelocityNet, settings: TrainSettings, data: TrainingData) throws {
+    public init(net: VelocityNet, settings: TrainSettings, data: TrainingData, group: DataParallelGroup? = nil) throws {
         try settings.validate()
+        if let group, settings.batch < group.size {
+            throw FlowError("a minibatch of \(settings.batch) cannot be split over \(group.size) processes")
+        }
+        self.group = group
         try data.check(against: net.config)
         self.net = net
         self.settings = settings
@@ -238,23 +247,38 @@ public final class FlowMatchingTrainer {
             }
         }
         net.params.zeroGrad()
-        let v = xt.withUnsafeBufferPointer { net.forward($0.baseAddress!, t: t, y: labels, batch: B) }
+        // This process's rows of the minibatch: all of them without a group.
+        let lo = group.map { B * $0.rank / $0.size } ?? 0
+        let hi = group.map { B * ($0.rank + 1) / $0.size } ?? B
+        let b = hi - lo
+        let v = xt.withUnsafeBufferPointer { net.forward($0.baseAddress! + lo * D, t: Array(t[lo..<hi]), y: Array(labels[lo..<hi]), batch: b) }
         var sum = 0.0
         let scale = Float(2.0 / Double(B * D))
         target.withUnsafeBufferPointer { tp in
             dv.withUnsafeMutableBufferPointer { gp in
-                for i in 0..<(B * D) {
-                    let r = v[i] - tp[i]
+                for i in 0..<(b * D) {
+                    let r = v[i] - tp[lo * D + i]
                     sum += Double(r * r)
                     gp[i] = scale * r
                 }
             }
         }
+        if group == nil {
+            let loss = sum / Double(B * D)
+            guard loss.isFinite else {
+                throw FlowError("loss is not finite (\(loss)) at step \(k); lower --lr or check the data")
+            }
+        }
+        dv.withUnsafeBufferPointer { _ = net.backward($0.baseAddress!) }
+        if let group {
+            // The checks below then see the same sums on every member, so all of them stop together.
+            try allReduceGradients(optimizer.parameters, group: group, scratch: &reduceScratch)
+            try withUnsafeMutablePointer(to: &sum) { try group.sum($0, count: 1) }
+        }
         let loss = sum / Double(B * D)
         guard loss.isFinite else {
             throw FlowError("loss is not finite (\(loss)) at step \(k); lower --lr or check the data")
         }
-        dv.withUnsafeBufferPointer { _ = net.backward($0.baseAddress!) }
         let norm = clipGradNorm(optimizer.parameters, maxNorm: settings.gradClip > 0 ? settings.gradClip : .infinity)
         guard norm.isFinite else {
             throw FlowError("gradient norm is not finite (\(norm)) at step \(k); lower --lr or check the data")

@@ -208,3 +208,28 @@ public final class EMA {
         for (b, v) in values { v.withUnsafeBufferPointer { b.pointer.update(from: $0.baseAddress!, count: $0.count) } }
     }
 }
+
+/// A group of processes that train one model together (data parallelism): every member computes
+/// the gradient of its slice of each minibatch, and `sum` adds a buffer over all members in
+/// place, so each one then takes the same optimizer step. The library knows only this protocol;
+/// the tool that links MPI provides it.
+public protocol DataParallelGroup: AnyObject {
+    /// This member's index, 0..<size.
+    var rank: Int { get }
+    var size: Int { get }
+    func sum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws
+    func sum(_ buffer: UnsafeMutablePointer<Double>, count: Int) throws
+}
+
+/// Sums the gradients of `parameters` over the group in place (one packed buffer, one call).
+public func allReduceGradients(_ parameters: [Parameter], group: DataParallelGroup, scratch: inout [Float]) throws {
+    let total = parameters.reduce(0) { $0 + $1.count }
+    if scratch.count != total { scratch = [Float](repeating: 0, count: total) }
+    try scratch.withUnsafeMutableBufferPointer { buf in
+        var o = 0
+        for p in parameters { (buf.baseAddress! + o).update(from: p.grad, count: p.count); o += p.count }
+        try group.sum(buf.baseAddress!, count: total)
+        o = 0
+        for p in parameters { p.grad.update(from: buf.baseAddress! + o, count: p.count); o += p.count }
+    }
+}
