@@ -35,7 +35,7 @@ extension Embed {
             abstract: "Add `feat` to every record (the default subcommand: `embed --encoder E`)."
         )
 
-        @Option(name: .customLong("encoder"), help: "Encoder checkpoint (.safetensors written by `embed train`).")
+        @Option(name: .customLong("encoder"), help: "Encoder checkpoint: written by `embed train`, or a pretrained Inception-v3 (pytorch-fid) or DINOv2 converted by scripts/convert_weights.py.")
         var encoder: String?
         @Flag(name: .customLong("pixels"), help: "Identity features: feat = x flattened.")
         var pixels = false
@@ -57,11 +57,19 @@ extension Embed {
             // across samples than inside one GEMM.
             BLAS.setThreads(1)
             var enc: FeatureEncoder?
+            // Pretrained standard encoders (Inception, DINOv2) resize any image, so they are
+            // built for the shape of the first record.
+            var standard: Record?
             if let encoder {
-                let conv = try ConvEncoder.load(path: encoder)
-                conv.parallelism = threads.count
-                conv.inferenceChunk = chunk
-                enc = conv
+                let record = try Checkpoint.read(encoder)
+                if [InceptionFIDEncoder.arch, DINOv2Encoder.arch].contains(record.metadata["arch"] ?? "") {
+                    standard = record
+                } else {
+                    let conv = try ConvEncoder.load(path: encoder)
+                    conv.parallelism = threads.count
+                    conv.inferenceChunk = chunk
+                    enc = conv
+                }
             }
             let reader = try input.reader()
             let writer = try output.writer()
@@ -75,6 +83,15 @@ extension Embed {
                 let x = try record.require("x", by: "embed")
                 guard x.shape.count >= 2 else {
                     throw ToolError("record \(reader.recordsRead): `x` has shape \(x.shape); expected images [B,C,H,W]")
+                }
+                if enc == nil, let encoder, standard != nil {
+                    standard = nil
+                    guard var p = try Encoders.load(path: encoder, inputShape: Array(x.shape.dropFirst())) as? ParallelFeatureEncoder else {
+                        throw ToolError("\(encoder) is not a pretrained encoder")
+                    }
+                    p.parallelism = threads.count
+                    p.inferenceChunk = chunk
+                    enc = p
                 }
                 if enc == nil { enc = PixelEncoder(inputShape: Array(x.shape.dropFirst())) }
                 let e = enc!

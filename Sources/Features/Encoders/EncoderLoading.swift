@@ -10,7 +10,22 @@ public enum Encoders {
             guard let inputShape else { throw FeatureError("pixel features need the image shape, which is unknown here") }
             return PixelEncoder(inputShape: inputShape)
         }
-        let record = try Checkpoint.read(path)
+        let bytes = try readFile(path)
+        let record: Record
+        do {
+            record = try RecordCodec.decode(bytes)
+        } catch let error as StreamError {
+            throw StreamError.invalid("\(path) is not a valid safetensors checkpoint: \(error)")
+        }
+        // Pretrained standard encoders (scripts/convert_weights.py) resize any grey or RGB image.
+        switch record.metadata["arch"] {
+        case InceptionFIDEncoder.arch?:
+            return try InceptionFIDEncoder(record: record, digest: SHA256.hex(bytes), inputShape: inputShape, path: path)
+        case DINOv2Encoder.arch?:
+            return try DINOv2Encoder(record: record, digest: SHA256.hex(bytes), inputShape: inputShape, path: path)
+        default:
+            break
+        }
         // Trained CNN encoders (`embed train`) carry their EncoderConfig as JSON in `config`.
         if let json = record.metadata["config"], let config = try? EncoderConfig.from(json: json),
            ["classifier", "simclr"].contains(config.kind) {
@@ -21,7 +36,7 @@ public enum Encoders {
             return enc
         }
         let kind = record.metadata["kind"] ?? record.metadata["arch"] ?? "(none)"
-        throw FeatureError("\(path): encoder kind `\(kind)` is not known to this build (known: pixels, classifier, simclr)")
+        throw FeatureError("\(path): encoder kind `\(kind)` is not known to this build (known: pixels, classifier, simclr, \(InceptionFIDEncoder.arch), \(DINOv2Encoder.arch))")
     }
 
     /// The encoder a discriminator was trained with: pixels when its digest is "pixels", else
