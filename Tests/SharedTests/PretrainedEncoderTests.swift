@@ -37,6 +37,10 @@ final class PretrainedEncoderTests: XCTestCase {
     }
 
     func testInceptionFIDParity() throws {
+        // The committed reduced-width random Inception is dead (every ReLU off: constant features,
+        // zero VJP), so agreement with it proves nothing. Skipped until a live golden replaces it
+        // (docs/encoders.md, "What is missing").
+        throw XCTSkip("the Inception golden network is dead (constant features); regenerate it with scripts/make_encoder_goldens.py")
         try checkParity(weights: "enc_inception_w32.safetensors", golden: "enc_inception_w32_golden.safetensors", featureDimension: 64)
     }
 
