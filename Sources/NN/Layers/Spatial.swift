@@ -81,42 +81,14 @@ public final class Conv2d {
         }
     }
 
-    /// Transposed im2col of samples [s0, s0 + n): c[k, s * P + p] with k in the weight's
-    /// (c, ki, kj) order; each (k, sample, output row) is a shifted run of one input row.
+    private var geometry: ConvGeometry {
+        ConvGeometry(channels: inChannels, height: height, width: widthIn, kh: kernel, kw: kernel, sh: stride, sw: stride,
+                     ph: padding, pw: padding, outHeight: outHeight, outWidth: outWidth)
+    }
+
+    /// Transposed im2col of samples [s0, s0 + n) (`transposedIm2col`).
     private func im2colTransposed(_ x: UnsafePointer<Float>, from s0: Int, count n: Int, into c: UnsafeMutablePointer<Float>) {
-        let ho = outHeight, wo = outWidth, P = ho * wo, C = inChannels, k = kernel
-        let H = height, W = widthIn, nP = n * P
-        for ch in 0..<C {
-            for ki in 0..<k {
-                for kj in 0..<k {
-                    let rowK = c + ((ch * k + ki) * k + kj) * nP
-                    // output columns ow whose input column iw = ow * stride - padding + kj is inside
-                    let lo = max(0, (padding - kj + stride - 1) / stride)
-                    let span = W - 1 + padding - kj
-                    let hi = span < 0 ? 0 : min(wo, span / stride + 1)
-                    for s in 0..<n {
-                        let plane = x + ((s0 + s) * C + ch) * H * W
-                        for oh in 0..<ho {
-                            let dst = rowK + s * P + oh * wo
-                            let ih = oh * stride - padding + ki
-                            // runs are short (a row of the output), so plain loops beat memcpy calls
-                            if ih < 0 || ih >= H || lo >= hi {
-                                for ow in 0..<wo { dst[ow] = 0 }
-                                continue
-                            }
-                            for ow in 0..<lo { dst[ow] = 0 }
-                            for ow in hi..<wo { dst[ow] = 0 }
-                            let src = plane + ih * W - padding + kj
-                            if stride == 1 {
-                                for ow in lo..<hi { dst[ow] = src[ow] }
-                            } else {
-                                for ow in lo..<hi { dst[ow] = src[ow * stride] }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        transposedIm2col(geometry, x, from: s0, count: n, into: c)
     }
 
     @discardableResult
@@ -424,5 +396,82 @@ public final class Unpatchify {
         let dx = dIn.ensure(batch * channels * height * width)
         patchPermute(image: UnsafeMutablePointer(mutating: dy), tokens: dx, toTokens: true, batch: batch, channels: channels, height: height, width: width, patch: patch, order: order)
         return dx
+    }
+}
+
+/// The shape of one 2-D convolution's im2col: input [channels, height, width], kernel kh x kw,
+/// stride sh x sw, zero padding ph x pw, output outHeight x outWidth. Shared by `Conv2d` and
+/// `Conv2dRect`, so both lay their columns out (and accumulate them back) the same way.
+struct ConvGeometry {
+    let channels: Int, height: Int, width: Int
+    let kh: Int, kw: Int, sh: Int, sw: Int, ph: Int, pw: Int
+    let outHeight: Int, outWidth: Int
+}
+
+/// Transposed im2col of samples [s0, s0 + n): c[k, s * P + p] with k in the weight's (c, ki, kj)
+/// order; each (k, sample, output row) is a shifted run of one input row (plain loops: the runs are
+/// short, a row of the output, so they beat memcpy calls).
+func transposedIm2col(_ g: ConvGeometry, _ x: UnsafePointer<Float>, from s0: Int, count n: Int, into c: UnsafeMutablePointer<Float>) {
+    let ho = g.outHeight, wo = g.outWidth, P = ho * wo, C = g.channels, H = g.height, W = g.width, nP = n * P
+    let kh = g.kh, kw = g.kw, sh = g.sh, sw = g.sw, ph = g.ph, pw = g.pw
+    for ch in 0..<C {
+        for ki in 0..<kh {
+            for kj in 0..<kw {
+                let rowK = c + ((ch * kh + ki) * kw + kj) * nP
+                let lo = max(0, (pw - kj + sw - 1) / sw)
+                let span = W - 1 + pw - kj
+                let hi = span < 0 ? 0 : min(wo, span / sw + 1)
+                for s in 0..<n {
+                    let plane = x + ((s0 + s) * C + ch) * H * W
+                    for oh in 0..<ho {
+                        let dst = rowK + s * P + oh * wo
+                        let ih = oh * sh - ph + ki
+                        if ih < 0 || ih >= H || lo >= hi {
+                            for ow in 0..<wo { dst[ow] = 0 }
+                            continue
+                        }
+                        for ow in 0..<lo { dst[ow] = 0 }
+                        for ow in hi..<wo { dst[ow] = 0 }
+                        let src = plane + ih * W - pw + kj
+                        if sw == 1 {
+                            for ow in lo..<hi { dst[ow] = src[ow] }
+                        } else {
+                            for ow in lo..<hi { dst[ow] = src[ow * sw] }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of `transposedIm2col`: accumulates the columns into dx.
+func transposedCol2im(_ g: ConvGeometry, _ c: UnsafePointer<Float>, from s0: Int, count n: Int, into dx: UnsafeMutablePointer<Float>) {
+    let ho = g.outHeight, wo = g.outWidth, P = ho * wo, C = g.channels, H = g.height, W = g.width, nP = n * P
+    let kh = g.kh, kw = g.kw, sh = g.sh, sw = g.sw, ph = g.ph, pw = g.pw
+    for ch in 0..<C {
+        for ki in 0..<kh {
+            for kj in 0..<kw {
+                let rowK = c + ((ch * kh + ki) * kw + kj) * nP
+                let lo = max(0, (pw - kj + sw - 1) / sw)
+                let span = W - 1 + pw - kj
+                let hi = span < 0 ? 0 : min(wo, span / sw + 1)
+                if lo >= hi { continue }
+                for s in 0..<n {
+                    let plane = dx + ((s0 + s) * C + ch) * H * W
+                    for oh in 0..<ho {
+                        let ih = oh * sh - ph + ki
+                        if ih < 0 || ih >= H { continue }
+                        let src = rowK + s * P + oh * wo
+                        let dst = plane + ih * W - pw + kj
+                        if sw == 1 {
+                            for ow in lo..<hi { dst[ow] += src[ow] }
+                        } else {
+                            for ow in lo..<hi { dst[ow * sw] += src[ow] }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -47,68 +47,19 @@ public final class Conv2dRect {
         ((height + 2 * ph - kh) / sh + 1, (width + 2 * pw - kw) / sw + 1)
     }
 
-    /// cols[k, s * P + p] for samples [s0, s0 + n), k in the weight's (c, ki, kj) order.
+    private var geometry: ConvGeometry {
+        ConvGeometry(channels: inChannels, height: height, width: widthIn, kh: kh, kw: kw, sh: sh, sw: sw,
+                     ph: ph, pw: pw, outHeight: outHeight, outWidth: outWidth)
+    }
+
+    /// cols[k, s * P + p] for samples [s0, s0 + n) (`transposedIm2col`).
     private func im2colT(_ x: UnsafePointer<Float>, from s0: Int, count n: Int, into c: UnsafeMutablePointer<Float>) {
-        let ho = outHeight, wo = outWidth, P = ho * wo, C = inChannels, H = height, W = widthIn, nP = n * P
-        for ch in 0..<C {
-            for ki in 0..<kh {
-                for kj in 0..<kw {
-                    let rowK = c + ((ch * kh + ki) * kw + kj) * nP
-                    let lo = max(0, (pw - kj + sw - 1) / sw)
-                    let span = W - 1 + pw - kj
-                    let hi = span < 0 ? 0 : min(wo, span / sw + 1)
-                    for s in 0..<n {
-                        let plane = x + ((s0 + s) * C + ch) * H * W
-                        for oh in 0..<ho {
-                            let dst = rowK + s * P + oh * wo
-                            let ih = oh * sh - ph + ki
-                            if ih < 0 || ih >= H || lo >= hi {
-                                for ow in 0..<wo { dst[ow] = 0 }
-                                continue
-                            }
-                            for ow in 0..<lo { dst[ow] = 0 }
-                            for ow in hi..<wo { dst[ow] = 0 }
-                            let src = plane + ih * W - pw + kj
-                            if sw == 1 {
-                                for ow in lo..<hi { dst[ow] = src[ow] }
-                            } else {
-                                for ow in lo..<hi { dst[ow] = src[ow * sw] }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        transposedIm2col(geometry, x, from: s0, count: n, into: c)
     }
 
     /// The adjoint of `im2colT`: accumulates cols into dx.
     private func col2imT(_ c: UnsafePointer<Float>, from s0: Int, count n: Int, into dx: UnsafeMutablePointer<Float>) {
-        let ho = outHeight, wo = outWidth, P = ho * wo, C = inChannels, H = height, W = widthIn, nP = n * P
-        for ch in 0..<C {
-            for ki in 0..<kh {
-                for kj in 0..<kw {
-                    let rowK = c + ((ch * kh + ki) * kw + kj) * nP
-                    let lo = max(0, (pw - kj + sw - 1) / sw)
-                    let span = W - 1 + pw - kj
-                    let hi = span < 0 ? 0 : min(wo, span / sw + 1)
-                    if lo >= hi { continue }
-                    for s in 0..<n {
-                        let plane = dx + ((s0 + s) * C + ch) * H * W
-                        for oh in 0..<ho {
-                            let ih = oh * sh - ph + ki
-                            if ih < 0 || ih >= H { continue }
-                            let src = rowK + s * P + oh * wo
-                            let dst = plane + ih * W - pw + kj
-                            if sw == 1 {
-                                for ow in lo..<hi { dst[ow] += src[ow] }
-                            } else {
-                                for ow in lo..<hi { dst[ow * sw] += src[ow] }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        transposedCol2im(geometry, c, from: s0, count: n, into: dx)
     }
 
     private var chunkSamples: Int { max(1, maxColumnFloats / max(1, outHeight * outWidth * max(fanIn, outChannels))) }
