@@ -17,7 +17,13 @@ struct Train: ParsableCommand {
         weights, AdamW and EMA state, and the data cursor and RNG position, so --resume continues \
         exactly: the same loss curve and the same final bytes as an uninterrupted run. When resuming, \
         hyperparameters come from the checkpoint; only --steps (the total), --save-every, -o and \
-        logging options may change.
+        logging options may change, and a constant-rate run may be branched into a cooldown.
+
+        --cooldown N decays the learning rate linearly over the last N steps of the run (a \
+        warmup-stable-decay schedule). The window is stored as absolute steps, so \
+        `--resume CKPT --steps S --cooldown N -o cooled.safetensors` turns any checkpoint of a \
+        constant-rate run into a converged model without retraining it, and that branch resumes \
+        exactly too.
 
         Examples:
           D=/usr/share/datasets/fashion-mnist
@@ -63,6 +69,9 @@ struct Train: ParsableCommand {
     @Option(help: "AdamW decoupled weight decay (default 0).")
     var weightDecay: Float?
 
+    @Option(help: "Decay the learning rate linearly over the last N steps of the run (default 0: constant after warmup).")
+    var cooldown: Int?
+
     @Option(name: [.customLong("max-grad-norm"), .customLong("grad-clip")], help: "Clip the global gradient norm to this (default 1; 0: no clipping).")
     var gradClip: Double?
 
@@ -96,6 +105,7 @@ struct Train: ParsableCommand {
         guard saveEvery >= 0 else { throw ValidationError("--save-every must be >= 0") }
         guard logEvery >= 1 else { throw ValidationError("--log-every must be >= 1") }
         guard classes >= 1 else { throw ValidationError("--num-classes must be >= 1") }
+        if let cooldown { guard cooldown >= 0, cooldown <= steps else { throw ValidationError("--cooldown must be in 0...--steps (\(steps)), got \(cooldown)") } }
         if resume != nil && (model != nil || config != nil || initFrom != nil) {
             throw ValidationError("--resume takes the model from the checkpoint; drop --model/--config/--init-from")
         }
@@ -138,8 +148,7 @@ struct Train: ParsableCommand {
             guard let json = record.metadata[FlowMatchingTrainer.settingsKey] else {
                 throw ToolError("\(resume) has no `\(FlowMatchingTrainer.settingsKey)` metadata; it was not written by train")
             }
-            let saved = try TrainSettings.from(json: json)
-            try checkUnchanged(saved)
+            let saved = try resumedSettings(try TrainSettings.from(json: json), at: try TrainingCheckpoint.step(of: record))
             let net = try VelocityNet.load(from: record)
             trainer = try FlowMatchingTrainer(net: net, settings: saved, data: data, group: group)
             try trainer.restore(from: record)
@@ -229,11 +238,35 @@ struct Train: ParsableCommand {
         if let labelDropout { s.labelDropout = labelDropout }
         if let tDist { s.tDist = tDist }
         if let seed { s.seed = seed }
+        applyCooldown(to: &s)
         try s.validate()
         return s
     }
 
-    /// On resume every given hyperparameter must equal the checkpoint's (an exact continuation).
+    /// The cooldown window of --cooldown N: the last N steps of this run.
+    func applyCooldown(to s: inout TrainSettings) {
+        guard let cooldown else { return }
+        if cooldown == 0 { s.cooldownStart = nil; s.cooldownEnd = nil; return }
+        s.cooldownStart = steps - cooldown
+        s.cooldownEnd = steps
+    }
+
+    /// On resume every given hyperparameter must equal the checkpoint's (an exact continuation);
+    /// the one exception is a cooldown added to a run that has none (a warmup-stable-decay branch).
+    /// Returns the settings to continue with.
+    func resumedSettings(_ saved: TrainSettings, at step: Int) throws -> TrainSettings {
+        var branched = saved
+        if saved.cooldownStart == nil, cooldown != nil {
+            applyCooldown(to: &branched)
+            if let start = branched.cooldownStart, start < step {
+                throw ToolError("--cooldown \(cooldown!) would start at step \(start), before the checkpoint's step \(step); give --steps >= \(step + cooldown!) or a shorter --cooldown")
+            }
+            try branched.validate()
+        }
+        try checkUnchanged(branched)
+        return branched
+    }
+
     func checkUnchanged(_ saved: TrainSettings) throws {
         var given = saved
         if let batch { given.batch = batch }
@@ -245,6 +278,7 @@ struct Train: ParsableCommand {
         if let labelDropout { given.labelDropout = labelDropout }
         if let tDist { given.tDist = tDist }
         if let seed { given.seed = seed }
+        applyCooldown(to: &given)
         if given != saved {
             throw ToolError("--resume continues with the checkpoint's settings \(saved.json()); drop the options that differ")
         }

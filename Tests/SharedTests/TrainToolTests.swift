@@ -111,6 +111,81 @@ final class TrainToolTests: XCTestCase {
         EngineTestSupport.assertOneLineError(r, "train", contains: "settings")
     }
 
+    /// A warmup-stable-decay branch: `--resume CKPT --steps S --cooldown N` from a constant-rate
+    /// checkpoint decays the rate linearly over the last N steps (logged), keeps the branch point's
+    /// weights and optimizer state (its first steps equal the constant run's until the decay
+    /// starts), and resumes exactly; a fresh run with the same window logs the same rates.
+    func testCooldownBranchDecaysAndResumesExactly() throws {
+        let data = try toyData(n: 1500)
+        let common = ["--config", Self.toyConfig, "--batch", "64", "--lr", "2e-3", "--warmup", "10", "--threads", "1", "--quiet"]
+        let constant = dir + "/constant.safetensors", constantLog = dir + "/constant.jsonl"
+        var r = try TestSupport.run("train", common + ["--steps", "40", "--metrics", constantLog, "-o", constant], stdin: data)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        // Branch at step 40: 20 more steps, the last 10 of them decaying.
+        let cooled = dir + "/cooled.safetensors", cooledLog = dir + "/cooled.jsonl"
+        r = try TestSupport.run("train", ["--resume", constant, "--steps", "60", "--cooldown", "20", "--metrics", cooledLog, "-o", cooled, "--threads", "1", "--quiet"], stdin: data)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        func lines(_ path: String) throws -> [[String: Any]] {
+            try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map {
+                try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+            }
+        }
+        let rates = try lines(cooledLog).map { ($0["step"] as! Int, $0["lr"] as! Double) }
+        XCTAssertEqual(rates.map(\.0), Array(41...60))
+        for (k, lr) in rates {
+            XCTAssertEqual(lr, 2e-3 * Double(60 - k + 1) / 20, accuracy: 1e-9, "step \(k)")
+        }
+        let settings = try TrainSettings.from(json: Checkpoint.read(cooled).metadata[FlowMatchingTrainer.settingsKey]!)
+        XCTAssertEqual(settings.cooldownStart, 40)
+        XCTAssertEqual(settings.cooldownEnd, 60)
+        // The constant run's checkpoint keeps the JSON it had before cooldowns existed.
+        XCTAssertFalse(try Checkpoint.read(constant).metadata[FlowMatchingTrainer.settingsKey]!.contains("cooldown"))
+        // The branch resumes exactly. A kill at step 50 is simulated in process: the same branch
+        // run to step 50 and checkpointed as `train` does, then resumed by the tool to 60 without
+        // repeating --cooldown; the bytes equal the uninterrupted branch's.
+        let streamPath = dir + "/data.tzst"
+        try AtomicFile.write(data, to: streamPath)
+        let record = try Checkpoint.read(constant)
+        var branchSettings = try TrainSettings.from(json: record.metadata[FlowMatchingTrainer.settingsKey]!)
+        branchSettings.cooldownStart = 40
+        branchSettings.cooldownEnd = 60
+        let trainer = try FlowMatchingTrainer(net: try VelocityNet.load(from: record), settings: branchSettings,
+                                              data: try TrainingData.read(try TensorStreamReader(path: streamPath)))
+        try trainer.restore(from: record)
+        let threads = BLAS.threads
+        BLAS.setThreads(1)
+        defer { BLAS.setThreads(threads) }
+        while trainer.step < 50 { _ = try trainer.trainStep() }
+        let part = dir + "/part.safetensors"
+        try Checkpoint.write(trainer.checkpointRecord(parentDigest: nil, metadata: ["tool": "train", "version": Toolkit.version]), to: part)
+        r = try TestSupport.run("train", ["--resume", part, "--steps", "60", "-o", part, "--threads", "1", "--quiet"], stdin: data)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(try readFile(part), try readFile(cooled), "the resumed cooldown branch differs from the uninterrupted one")
+        // Another window gives another model.
+        let other = dir + "/other.safetensors"
+        r = try TestSupport.run("train", ["--resume", constant, "--steps", "60", "--cooldown", "10", "-o", other, "--threads", "1", "--quiet"], stdin: data)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertNotEqual(try readFile(other), try readFile(cooled))
+        // A fresh run with the same window logs the same rates over its decay.
+        let fresh = dir + "/fresh.safetensors", freshLog = dir + "/fresh.jsonl"
+        r = try TestSupport.run("train", common + ["--steps", "20", "--cooldown", "10", "--metrics", freshLog, "-o", fresh], stdin: data)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let freshRates = try lines(freshLog).map { $0["lr"] as! Double }
+        XCTAssertEqual(freshRates[9], 2e-3, accuracy: 1e-9)        // end of warmup, start of the window
+        XCTAssertEqual(freshRates[10], 2e-3, accuracy: 1e-9)       // first decaying step: (20-11+1)/10
+        XCTAssertEqual(freshRates[19], 2e-4, accuracy: 1e-9)       // last: base / N
+        // A cooldown that would start before the checkpoint, a cooldown longer than the run,
+        // and changing the window of a run that already has one are refused.
+        r = try TestSupport.run("train", ["--resume", constant, "--steps", "50", "--cooldown", "20", "-o", dir + "/x.safetensors"], stdin: data)
+        EngineTestSupport.assertOneLineError(r, "train", contains: "--cooldown")
+        r = try TestSupport.run("train", common + ["--steps", "10", "--cooldown", "11", "-o", dir + "/x.safetensors"], stdin: data)
+        XCTAssertEqual(r.status, 64, "a usage error: \(r.stderr)")
+        XCTAssertTrue(r.stderr.contains("--cooldown"), r.stderr)
+        r = try TestSupport.run("train", ["--resume", cooled, "--steps", "80", "--cooldown", "30", "-o", dir + "/x.safetensors"], stdin: data)
+        EngineTestSupport.assertOneLineError(r, "train", contains: "settings")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x.safetensors"))
+    }
+
     /// Bad input: one line on stderr, exit 1, no checkpoint.
     func testBadInput() throws {
         let out = dir + "/bad.safetensors"

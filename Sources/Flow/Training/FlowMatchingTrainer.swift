@@ -47,12 +47,18 @@ public struct TrainSettings: Codable, Equatable, Sendable {
     public var labelDropout: Double = 0.1
     public var tDist: String = "uniform"
     public var seed: UInt64 = 0
+    /// Cooldown window (warmup-stable-decay): the rate decays linearly over optimizer steps
+    /// (cooldownStart, cooldownEnd]. Absent (nil) in constant-rate runs, and then left out of the
+    /// JSON, so their checkpoints keep the bytes they had before the setting existed.
+    public var cooldownStart: Int?
+    public var cooldownEnd: Int?
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case batch, lr, warmup, seed, ema
         case weightDecay = "weight_decay", gradClip = "grad_clip", labelDropout = "label_dropout", tDist = "t_dist"
+        case cooldownStart = "cooldown_start", cooldownEnd = "cooldown_end"
     }
 
     public func validate() throws {
@@ -64,6 +70,15 @@ public struct TrainSettings: Codable, Equatable, Sendable {
         guard ema.isFinite, ema >= 0, ema < 1 else { throw FlowError("--ema must be in [0, 1)") }
         guard labelDropout.isFinite, labelDropout >= 0, labelDropout <= 1 else { throw FlowError("--label-dropout must be in [0, 1]") }
         _ = try TimeDistribution(parsing: tDist)
+        guard (cooldownStart == nil) == (cooldownEnd == nil) else { throw FlowError("a cooldown needs both its start and its end step") }
+        if let a = cooldownStart, let b = cooldownEnd {
+            guard a >= 0, b > a else { throw FlowError("the cooldown window (\(a), \(b)] is empty; --cooldown must be positive and at most --steps") }
+        }
+    }
+
+    /// The learning rate of every step of the run.
+    public var schedule: WarmupCooldown {
+        WarmupCooldown(base: lr, warmupSteps: warmup, cooldownStart: cooldownStart, cooldownEnd: cooldownEnd)
     }
 
     public func json() -> String {
@@ -94,7 +109,8 @@ public struct TrainStepStats: Sendable {
 ///     loss = mean over batch and dimensions of (v(x_t, t, y') - (eps - x0))^2,
 ///
 /// with y' = the null label with probability `labelDropout` (classifier-free guidance). Then
-/// global-norm clipping, AdamW with linear warmup, and the EMA update.
+/// global-norm clipping, AdamW with linear warmup (and an optional linear cooldown), and the EMA
+/// update.
 ///
 /// Randomness, all counter-based so a resumed run continues exactly:
 /// - minibatch order: epoch e visits the data in a Fisher-Yates permutation drawn from
@@ -110,7 +126,7 @@ public final class FlowMatchingTrainer {
     public let data: TrainingData
     public let optimizer: AdamW
     public let ema: EMA
-    public let schedule: LinearWarmup
+    public let schedule: WarmupCooldown
     let timeDistribution: TimeDistribution
 
     /// Steps completed.
@@ -147,7 +163,7 @@ public final class FlowMatchingTrainer {
         timeDistribution = try TimeDistribution(parsing: settings.tDist)
         optimizer = AdamW(net.params, lr: settings.lr, weightDecay: settings.weightDecay)
         ema = EMA(net.params, decay: settings.ema)
-        schedule = LinearWarmup(base: settings.lr, warmupSteps: settings.warmup)
+        schedule = settings.schedule
         rng = CounterRNG(seed: settings.seed, stream: 0x7141)
         let n = settings.batch * net.config.sampleDimension
         xt = [Float](repeating: 0, count: n)

@@ -145,6 +145,29 @@ public struct LinearWarmup: Sendable, Equatable {
     }
 }
 
+/// Warmup-stable-decay: linear warmup, then the base rate, then, over the window
+/// (cooldownStart, cooldownEnd], a linear decay to base / (cooldownEnd - cooldownStart) at the
+/// last step. The decay window is absolute (optimizer steps), so a constant-rate run can be
+/// branched into a cooldown from any of its checkpoints and the branch still resumes exactly.
+public struct WarmupCooldown: Sendable, Equatable {
+    public var warmup: LinearWarmup
+    public var cooldownStart: Int?
+    public var cooldownEnd: Int?
+
+    public init(base: Float, warmupSteps: Int, cooldownStart: Int? = nil, cooldownEnd: Int? = nil) {
+        warmup = LinearWarmup(base: base, warmupSteps: warmupSteps)
+        self.cooldownStart = cooldownStart
+        self.cooldownEnd = cooldownEnd
+    }
+
+    public func lr(step k: Int) -> Float {
+        let rate = warmup.lr(step: k)
+        guard let start = cooldownStart, let end = cooldownEnd, end > start, k > start else { return rate }
+        let left = Double(max(end - k + 1, 1)) / Double(end - start)
+        return rate * Float(min(1, left))
+    }
+}
+
 /// Exponential moving average of weights, as DiT's `update_ema`:
 /// ema = decay * ema + (1 - decay) * param, over every parameter (fixed ones just track their
 /// constant value). Saved as tensors `ema.<name>` plus metadata `ema.decay`; `apply(to:)` copies
