@@ -41,8 +41,9 @@ public enum ToolMain {
             exit(0)
         } catch let error as ToolError {
             fail(name, error.description)
-        } catch let error as StreamError {
-            fail(name, error.description)
+        } catch let error as NamesSettings {
+            // Library errors name settings by key; the tools print them as flags.
+            fail(name, SettingNames.flags(error.template))
         } catch let error as ExitCode {
             exit(error.rawValue)
         } catch let error as ValidationError {

@@ -256,7 +256,7 @@ public enum DiscriminatorTrainer {
         }
         try head.validate(labels: real.labels)
         try head.validate(labels: fake.labels)
-        if o.r1 > 0 && (encoder == nil || real.images == nil) { throw DiscriminatorError("--r1 needs the real images (`x`) and the encoder") }
+        if o.r1 > 0 && (encoder == nil || real.images == nil) { throw DiscriminatorError("{r1} needs the real images (`x`) and the encoder") }
         var rng = CounterRNG(seed: o.seed, stream: 0xD15C)
         func split(_ s: LabelledFeatures) -> (LabelledFeatures, LabelledFeatures?) {
             let perm = shuffledIndices(s.count, &rng)

@@ -48,10 +48,10 @@ public struct DiscriminatorScorer {
         var images: [Float]?
         if grad || features == nil {
             guard let encoder else {
-                if grad { throw DiscriminatorError("--grad needs the encoder (\(encoderDigest)); pass it with --encoder") }
+                if grad { throw DiscriminatorError("{grad} needs the encoder (\(encoderDigest)); pass it with {encoder}") }
                 throw StreamError.missingTensor("feat", tool: tool)
             }
-            let x = try record.require("x", by: grad ? tool + " --grad" : tool + " (no `feat` to score)")
+            let x = try record.require("x", by: grad ? tool + " {grad}" : tool + " (no `feat` to score)")
             guard x.dtype == .f32, x.shape == [b] + encoder.inputShape else {
                 throw DiscriminatorError("`x` must be F32 \([b] + encoder.inputShape) for encoder \(encoderDigest), got \(x.dtype.rawValue) \(x.shape)")
             }

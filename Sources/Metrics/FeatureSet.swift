@@ -59,7 +59,7 @@ public struct FeatureSet {
                         if keepFeatures { try feat.withFloats { kept += $0.lazy.map(Double.init) } }
                     }
                 } catch let error as MetricsError {
-                    throw MetricsError("\(name): \(error.description)")
+                    throw MetricsError("\(name): \(error.template)")
                 }
                 if imageStatistics, let x = record["x"], ImageStatistics.applies(to: x.shape), x.shape[0] == b {
                     if x.dtype == .f32 {
@@ -77,7 +77,7 @@ public struct FeatureSet {
             throw MetricsError("\(name): no features (the stream is empty)")
         }
         var stats: FeatureStatistics
-        do { stats = try acc.finish() } catch let error as MetricsError { throw MetricsError("\(name): \(error.description)") }
+        do { stats = try acc.finish() } catch let error as MetricsError { throw MetricsError("\(name): \(error.template)") }
         stats.encoder = encoder ?? nil
         let matrix = keepFeatures ? FeatureMatrix(count: acc.count, dim: dim, values: kept) : nil
         return FeatureSet(name: name, statistics: stats, features: matrix,

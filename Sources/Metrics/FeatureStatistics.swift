@@ -99,9 +99,9 @@ public struct FeatureStatistics: Sendable, Equatable {
 }
 
 /// A metrics error: one line, printed by the tools as `TOOL: error: message`.
-public struct MetricsError: Error, CustomStringConvertible, Equatable {
-    public let description: String
-    public init(_ message: String) { description = message }
+public struct MetricsError: Error, NamesSettings, Equatable {
+    public let template: String
+    public init(_ message: String) { template = message }
 }
 
 /// Streaming float64 mean and covariance with bounded memory.

@@ -153,9 +153,9 @@ public enum FrechetDistance {
         case let (x?, y?):
             if x != y { throw MetricsError("features come from different encoders: \(nameA) has encoder \(x), \(nameB) has \(y)") }
         case let (x?, nil):
-            if !allowUnknown { throw MetricsError("\(nameA) has encoder \(x) but \(nameB) names no encoder (pass --ignore-encoder if you know they match)") }
+            if !allowUnknown { throw MetricsError("\(nameA) has encoder \(x) but \(nameB) names no encoder (pass {ignore_encoder} if you know they match)") }
         case let (nil, y?):
-            if !allowUnknown { throw MetricsError("\(nameB) has encoder \(y) but \(nameA) names no encoder (pass --ignore-encoder if you know they match)") }
+            if !allowUnknown { throw MetricsError("\(nameB) has encoder \(y) but \(nameA) names no encoder (pass {ignore_encoder} if you know they match)") }
         }
     }
 }

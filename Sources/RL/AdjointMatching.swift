@@ -101,16 +101,16 @@ public final class AdjointMatching: RLObjective {
     public func prepare(_ ctx: RLContext) throws {
         let s = ctx.sampler, buf = ctx.buffer
         guard s.kind == .memorylessLL || s.kind == .memorylessEM else {
-            throw RLError("--algo am needs memoryless rollouts (`sample --sampler memoryless-ll --record`), but the buffer was sampled with \(s.kind.rawValue)")
+            throw RLError("{algo} am needs memoryless rollouts (`sample --sampler memoryless-ll --record`), but the buffer was sampled with \(s.kind.rawValue)")
         }
         guard s.eta == 1, s.sdeWindow == nil else {
-            throw RLError("--algo am needs the memoryless SDE itself (eta = 1, no SDE window); the buffer has eta = \(s.eta), window \(s.sdeWindow.map { "\($0)" } ?? "all")")
+            throw RLError("{algo} am needs the memoryless SDE itself (eta = 1, no SDE window); the buffer has eta = \(s.eta), window \(s.sdeWindow.map { "\($0)" } ?? "all")")
         }
         if let g = s.guidance, s.times.contains(where: { g.isActive(at: $0) }) {
-            throw RLError("--algo am trains the conditional branch without classifier-free guidance; sample the buffer with --cfg 1")
+            throw RLError("{algo} am trains the conditional branch without classifier-free guidance; sample the buffer with `sample --cfg 1`")
         }
         guard let grad = buf.rewardGrad else {
-            throw RLError("--algo am needs `reward.grad` in every record (score the rollouts with `discrim score --grad`)")
+            throw RLError("{algo} am needs `reward.grad` in every record (score the rollouts with `discrim score --grad`)")
         }
         S = buf.steps
         D = buf.dim

@@ -167,11 +167,11 @@ public class ForwardProcessObjective {
 
     func prepareCommon(_ ctx: RLContext, algo: String) throws {
         let buf = ctx.buffer
-        guard let rewards = buf.rewards else { throw RLError("--algo \(algo) needs `reward` in every record (score the rollouts, e.g. `discrim score`)") }
-        guard let groups = buf.groups else { throw RLError("--algo \(algo) needs `group` in every record (`sample --group G`): advantages and centring are per group") }
+        guard let rewards = buf.rewards else { throw RLError("{algo} \(algo) needs `reward` in every record (score the rollouts, e.g. `discrim score`)") }
+        guard let groups = buf.groups else { throw RLError("{algo} \(algo) needs `group` in every record (`sample --group G`): advantages and centring are per group") }
         if common.klWeight > 0 && common.klCFG != 1 {
             guard ctx.reference.config.numClasses > 0 else {
-                throw RLError("--kl-cfg \(common.klCFG) needs a class-conditional reference (this one has no classes); pass --kl-cfg 1")
+                throw RLError("{kl_cfg} \(common.klCFG) needs a class-conditional reference (this one has no classes); pass {kl_cfg} 1")
             }
         }
         D = buf.dim

@@ -55,7 +55,7 @@ public final class GRPO: RLObjective {
         switch norm {
         case .global: keys = [Int64](repeating: 0, count: n)
         case .group, .globalStd:
-            guard let groups else { throw RLError("--adv-norm \(norm.rawValue) needs `group` in the buffer (`sample --group G`); or use --adv-norm global") }
+            guard let groups else { throw RLError("{adv_norm} \(norm.rawValue) needs `group` in the buffer (`sample --group G`); or use {adv_norm} global") }
             keys = groups
         }
         var members: [Int64: [Int]] = [:]
@@ -78,13 +78,13 @@ public final class GRPO: RLObjective {
 
     public func prepare(_ ctx: RLContext) throws {
         let s = ctx.sampler, buf = ctx.buffer
-        guard s.kind != .heun else { throw RLError("--algo grpo needs Gaussian transitions; heun has none") }
+        guard s.kind != .heun else { throw RLError("{algo} grpo needs Gaussian transitions; heun has none") }
         K = (0..<s.steps).filter { s.gaussianStep($0)?.isStochastic ?? false }
         guard !K.isEmpty else {
-            throw RLError("--algo grpo needs stochastic steps, but the buffer's sampler (\(s.kind.rawValue), eta \(s.eta)) is deterministic")
+            throw RLError("{algo} grpo needs stochastic steps, but the buffer's sampler (\(s.kind.rawValue), eta \(s.eta)) is deterministic")
         }
-        guard let recorded = buf.logProbs else { throw RLError("--algo grpo needs `traj.logp` (sample with --record)") }
-        guard let rewards = buf.rewards else { throw RLError("--algo grpo needs `reward` in every record (score the rollouts, e.g. `discrim score`)") }
+        guard let recorded = buf.logProbs else { throw RLError("{algo} grpo needs `traj.logp` (`sample --record` writes it)") }
+        guard let rewards = buf.rewards else { throw RLError("{algo} grpo needs `reward` in every record (score the rollouts, e.g. `discrim score`)") }
         D = buf.dim
         let N = buf.count, S = buf.steps
         let (adv, nClip) = try Self.advantages(rewards: rewards, groups: buf.groups, norm: options.advantageNorm, clip: options.advantageClip)

@@ -134,7 +134,7 @@ public final class RLTrainer {
         let t = Float(buffer.steps == 0 ? 0.5 : Double(buffer.times[0]))
         let v = model.velocity(x, t: [Float](repeating: t, count: n), y: Array(buffer.labels[0..<n]))
         if v.contains(where: { !$0.isFinite }) {
-            throw RLError("the updated model's velocity is NaN or Inf on the buffer's samples (the update diverged; lower --lr); no checkpoint written")
+            throw RLError("the updated model's velocity is NaN or Inf on the buffer's samples (the update diverged; lower {lr}); no checkpoint written")
         }
     }
 

@@ -50,7 +50,8 @@ final class MPIGroup: DataParallelGroup {
         }
         if Int(lowest) == size { return result! }
         if Int(lowest) == rank, let failure {
-            throw AgreedError(message: rank == 0 ? "\(failure)" : "rank \(rank) of \(size): \(failure)")
+            let text = (failure as? NamesSettings).map { SettingNames.flags($0.template) } ?? "\(failure)"
+            throw AgreedError(message: rank == 0 ? text : "rank \(rank) of \(size): \(text)")
         }
         finish()
         exit(1)

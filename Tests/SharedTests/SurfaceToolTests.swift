@@ -11,6 +11,38 @@ final class SurfaceToolTests: XCTestCase {
 
     static let tools = ["tensors", "fid", "train", "sample", "discrim", "rlstep", "embed"]
 
+    /// Library errors name settings by key (`{batch}`), read as `batch` by library users and
+    /// printed as `--batch` by the tools; no library source names one of its tool's flags.
+    func testLibraryErrorsNameSettingsAndToolsPrintFlags() throws {
+        XCTAssertEqual(FlowError("{batch} must be positive").description, "batch must be positive")
+        XCTAssertEqual(SettingNames.flags("{t_dist} and {weight_decay}"), "--t-dist and --weight-decay")
+        for untouched in [#"settings {"batch":1}"#, "{Batch}", "{}", "a { b", "{1x}"] {
+            XCTAssertEqual(SettingNames.flags(untouched), untouched)
+        }
+        XCTAssertEqual(StreamError.recordTooLarge(9, limit: 8).description, "record of 9 bytes exceeds the limit of 8 bytes (raise it with max_record_mib)")
+        let data = try TestSupport.streamBytes([Record([("x", Tensor([Float](repeating: 0, count: 8), shape: [4, 2, 1, 1])),
+                                                        ("y", Tensor([Int64](repeating: 0, count: 4), shape: [4]))])])
+        let toy = #"{"arch":"mlp","channels":2,"height":1,"width":1,"num_classes":1,"hidden_size":8,"depth":1}"#
+        let r = try TestSupport.run("train", ["--config", toy, "--t-dist", "beta", "--steps", "1", "-o", dir + "/m.safetensors"], stdin: data)
+        EngineTestSupport.assertOneLineError(r, "train", contains: "--t-dist must be uniform")
+        // The library layers' sources: a string literal naming `--flag` must be a hint at the
+        // producing tool (`sample --record`), never the library's own setting.
+        let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Sources").standardized
+        for layer in ["Numerics", "TensorStream", "Formats", "NN", "Flow", "Features", "Discriminator", "Metrics", "RL"] {
+            let folder = sources.appendingPathComponent(layer)
+            for case let file as String in FileManager.default.enumerator(atPath: folder.path)! where file.hasSuffix(".swift") {
+                let text = try String(contentsOfFile: folder.appendingPathComponent(file).path, encoding: .utf8)
+                for line in text.split(separator: "\n") where !line.trimmingCharacters(in: .whitespaces).hasPrefix("//") {
+                    for literal in line.split(separator: "\"", omittingEmptySubsequences: false).enumerated().filter({ $0.offset % 2 == 1 }).map(\.element) {
+                        guard literal.range(of: #"(^|[\s(`])--[a-z]"#, options: .regularExpression) != nil else { continue }
+                        let hint = ["`sample --", "`discrim score --", "(`sample --"].contains { literal.contains($0) }
+                        XCTAssertTrue(hint, "\(layer)/\(file) names a flag: \(literal)")
+                    }
+                }
+            }
+        }
+    }
+
     func testEveryToolPrintsTheToolkitVersion() throws {
         for tool in Self.tools {
             let r = try TestSupport.run(tool, ["--version"])

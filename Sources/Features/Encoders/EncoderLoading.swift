@@ -44,7 +44,7 @@ public enum Encoders {
     public static func resolve(digest: String, path: String?, inputShape: [Int]) throws -> FeatureEncoder {
         if digest == "pixels" && (path == nil || path == "pixels") { return PixelEncoder(inputShape: inputShape) }
         guard let path else {
-            throw FeatureError("the discriminator was trained on features of encoder \(digest); pass that encoder with --encoder")
+            throw FeatureError("the discriminator was trained on features of encoder \(digest); pass that encoder with {encoder}")
         }
         let enc = try load(path: path, inputShape: inputShape)
         guard enc.digest == digest else {

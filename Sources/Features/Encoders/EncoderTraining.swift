@@ -251,7 +251,7 @@ public enum EncoderTrainer {
                 let df = enc.headBackward(dl)
                 enc.backward(df, paramGrads: true, inputGrad: false)
             }
-            guard loss.isFinite else { throw StreamError.invalid("training diverged at step \(step) (loss is \(loss)); lower --lr") }
+            guard loss.isFinite else { throw StreamError.invalid("training diverged at step \(step) (loss is \(loss)); lower {lr}") }
             clipGradNorm(opt.parameters, maxNorm: 5)
             let lr = o.rate(step: step)
             opt.step(lr: lr)

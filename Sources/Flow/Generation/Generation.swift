@@ -33,16 +33,16 @@ public struct GenerationPlan: Sendable {
     public let labels: LabelSource
 
     public init(n: Int, offset: Int, batch: Int, group: Int = 1, labels: LabelSource) throws {
-        guard n >= 0 else { throw FlowError("--n must be >= 0") }
-        guard offset >= 0 else { throw FlowError("--offset must be >= 0") }
-        guard batch >= 1 else { throw FlowError("--batch must be >= 1") }
-        guard group >= 1 else { throw FlowError("--group must be >= 1") }
+        guard n >= 0 else { throw FlowError("{n} must be >= 0") }
+        guard offset >= 0 else { throw FlowError("{offset} must be >= 0") }
+        guard batch >= 1 else { throw FlowError("{batch} must be >= 1") }
+        guard group >= 1 else { throw FlowError("{group} must be >= 1") }
         if group > 1 {
             guard batch % group == 0 else {
-                throw FlowError("--batch \(batch) is not a multiple of --group \(group); groups must not straddle records (try --batch \(max(group, batch / group * group)))")
+                throw FlowError("{batch} \(batch) is not a multiple of {group} \(group); groups must not straddle records (try {batch} \(max(group, batch / group * group)))")
             }
-            guard offset % group == 0 else { throw FlowError("--offset \(offset) is not a multiple of --group \(group)") }
-            guard n % group == 0 else { throw FlowError("--n \(n) is not a multiple of --group \(group)") }
+            guard offset % group == 0 else { throw FlowError("{offset} \(offset) is not a multiple of {group} \(group)") }
+            guard n % group == 0 else { throw FlowError("{n} \(n) is not a multiple of {group} \(group)") }
         }
         if case .list(let l) = labels, l.count * group < n {
             throw FlowError("\(n) samples need \(((n + group - 1) / group)) labels but the label stream holds \(l.count)")

@@ -21,7 +21,7 @@ public enum TimeDistribution: Equatable, Sendable {
                 return
             }
         }
-        throw FlowError("--t-dist must be uniform, logit-normal or logit-normal:MEAN,STD (STD > 0), got '\(text)'")
+        throw FlowError("{t_dist} must be uniform, logit-normal or logit-normal:MEAN,STD (STD > 0), got '\(text)'")
     }
 
     public var text: String {
@@ -62,17 +62,17 @@ public struct TrainSettings: Codable, Equatable, Sendable {
     }
 
     public func validate() throws {
-        guard batch > 0 else { throw FlowError("--batch must be positive") }
-        guard lr.isFinite, lr > 0 else { throw FlowError("--lr must be positive") }
-        guard warmup >= 0 else { throw FlowError("--warmup must be >= 0") }
-        guard weightDecay.isFinite, weightDecay >= 0 else { throw FlowError("--weight-decay must be >= 0") }
-        guard gradClip.isFinite, gradClip >= 0 else { throw FlowError("--grad-clip must be >= 0 (0: no clipping)") }
-        guard ema.isFinite, ema >= 0, ema < 1 else { throw FlowError("--ema must be in [0, 1)") }
-        guard labelDropout.isFinite, labelDropout >= 0, labelDropout <= 1 else { throw FlowError("--label-dropout must be in [0, 1]") }
+        guard batch > 0 else { throw FlowError("{batch} must be positive") }
+        guard lr.isFinite, lr > 0 else { throw FlowError("{lr} must be positive") }
+        guard warmup >= 0 else { throw FlowError("{warmup} must be >= 0") }
+        guard weightDecay.isFinite, weightDecay >= 0 else { throw FlowError("{weight_decay} must be >= 0") }
+        guard gradClip.isFinite, gradClip >= 0 else { throw FlowError("{grad_clip} must be >= 0 (0: no clipping)") }
+        guard ema.isFinite, ema >= 0, ema < 1 else { throw FlowError("{ema} must be in [0, 1)") }
+        guard labelDropout.isFinite, labelDropout >= 0, labelDropout <= 1 else { throw FlowError("{label_dropout} must be in [0, 1]") }
         _ = try TimeDistribution(parsing: tDist)
         guard (cooldownStart == nil) == (cooldownEnd == nil) else { throw FlowError("a cooldown needs both its start and its end step") }
         if let a = cooldownStart, let b = cooldownEnd {
-            guard a >= 0, b > a else { throw FlowError("the cooldown window (\(a), \(b)] is empty; --cooldown must be positive and at most --steps") }
+            guard a >= 0, b > a else { throw FlowError("the cooldown window (\(a), \(b)] is empty; {cooldown} must be positive and at most {steps}") }
         }
     }
 
@@ -282,7 +282,7 @@ public final class FlowMatchingTrainer {
         if group == nil {
             let loss = sum / Double(B * D)
             guard loss.isFinite else {
-                throw FlowError("loss is not finite (\(loss)) at step \(k); lower --lr or check the data")
+                throw FlowError("loss is not finite (\(loss)) at step \(k); lower {lr} or check the data")
             }
         }
         dv.withUnsafeBufferPointer { _ = net.backward($0.baseAddress!) }
@@ -293,11 +293,11 @@ public final class FlowMatchingTrainer {
         }
         let loss = sum / Double(B * D)
         guard loss.isFinite else {
-            throw FlowError("loss is not finite (\(loss)) at step \(k); lower --lr or check the data")
+            throw FlowError("loss is not finite (\(loss)) at step \(k); lower {lr} or check the data")
         }
         let norm = clipGradNorm(optimizer.parameters, maxNorm: settings.gradClip > 0 ? settings.gradClip : .infinity)
         guard norm.isFinite else {
-            throw FlowError("gradient norm is not finite (\(norm)) at step \(k); lower --lr or check the data")
+            throw FlowError("gradient norm is not finite (\(norm)) at step \(k); lower {lr} or check the data")
         }
         let lr = schedule.lr(step: k)
         optimizer.step(lr: lr)
