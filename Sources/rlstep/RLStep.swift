@@ -29,6 +29,10 @@ struct RLStep: ParsableCommand {
           --algo crd   Centered Reward Distillation; --algo nft  DiffusionNFT: forward-process, rollouts
                        of any sampler (`sample --weights sampling --group G`), only x, y, group, reward used.
 
+        Built with MPI (`make build-mpi`), `mpirun -np K rlstep ... FILE` is data-parallel: rank r \
+        reads the records j with j % K == r, gradients and batch statistics are summed over the \
+        ranks, rank 0 writes; the result equals one process's to float rounding (docs/scaleout.md).
+
         Example:
           sample --model cur.safetensors --n 512 --sampler memoryless-ll --record \\
             | embed --encoder enc.safetensors | discrim score --model disc.safetensors --grad --encoder enc.safetensors \\
