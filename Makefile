@@ -44,14 +44,15 @@ build: deps
 test: build
 	$(SWIFT) test -c release --disable-testable-imports --disable-swift-testing
 
-# The tools with OpenMPI linked into `train` (mpirun -np K train ...: data-parallel), in their own
-# build folder; the default build above needs no MPI. test-mpi runs `mpirun -np 2` against them.
+# The tools with OpenMPI linked into `train` and `rlstep` (mpirun -np K train|rlstep ...:
+# data-parallel), in their own build folder; the default build above needs no MPI. test-mpi runs
+# `mpirun -np 2` against them (TrainMPIToolTests, RLStepMPIToolTests).
 build-mpi: mpi-deps
 	DRL_MPI=1 $(SWIFT) build -c release --build-path .build-mpi --explicit-target-dependency-import-check error
 
 test-mpi: build-mpi build
 	DRL_MPI_TOOLS="$$(DRL_MPI=1 $(SWIFT) build -c release --build-path .build-mpi --show-bin-path)" \
-	  $(SWIFT) test -c release --disable-testable-imports --disable-swift-testing --filter TrainMPIToolTests
+	  $(SWIFT) test -c release --disable-testable-imports --disable-swift-testing --filter MPIToolTests
 
 demo: demo-deps build
 	PATH="$$($(SWIFT) build -c release --show-bin-path):$$PATH" bash pipelines/demo.sh

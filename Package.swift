@@ -15,17 +15,20 @@ let unchecked: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(con
 let checked: [SwiftSetting] = [.unsafeFlags(["-O", "-wmo"], .when(configuration: .release))]
 
 // MPI is optional: DRL_MPI=1 at build time adds OpenMPI (Debian's libopenmpi-dev, through the
-// system-library target CMPI and the C shim CMPIShim) to `train`, compiled with the condition
-// DRL_MPI, so `mpirun -np K train ...` is data-parallel (docs/scaleout.md). The default build
-// needs no MPI. Build it apart: `DRL_MPI=1 swift build -c release --build-path .build-mpi`
+// system-library target CMPI and the C shim CMPIShim, wrapped as a DataParallelGroup by
+// MPISupport) to `train` and `rlstep`, compiled with the condition DRL_MPI, so `mpirun -np K
+// train ...` and `mpirun -np K rlstep ...` are data-parallel (docs/scaleout.md). The default
+// build needs no MPI. Build it apart: `DRL_MPI=1 swift build -c release --build-path .build-mpi`
 // (`make build-mpi`).
 let withMPI = ProcessInfo.processInfo.environment["DRL_MPI"] == "1"
 let mpiTargets: [Target] = withMPI ? [
     .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi", providers: [.apt(["libopenmpi-dev"])]),
     .target(name: "CMPIShim", dependencies: ["CMPI"], path: "Sources/CMPIShim"),
+    .target(name: "MPISupport", dependencies: ["CMPIShim", "NN", "CLI", "TensorStream"], path: "Sources/MPISupport",
+            swiftSettings: checked + [.define("DRL_MPI")]),
 ] : []
-let trainDependencies: [Target.Dependency] = withMPI ? ["Shared", "CMPIShim"] : ["Shared"]
-let trainSettings: [SwiftSetting] = withMPI ? checked + [.define("DRL_MPI")] : checked
+let mpiToolDependencies: [Target.Dependency] = withMPI ? ["Shared", "MPISupport"] : ["Shared"]
+let mpiToolSettings: [SwiftSetting] = withMPI ? checked + [.define("DRL_MPI")] : checked
 
 let package = Package(
     name: "drl-toolkit",
@@ -80,10 +83,10 @@ let package = Package(
 
         .executableTarget(name: "tensors", dependencies: ["Shared"], swiftSettings: checked),
         .executableTarget(name: "fid", dependencies: ["Shared"], swiftSettings: checked),
-        .executableTarget(name: "train", dependencies: trainDependencies, swiftSettings: trainSettings),
+        .executableTarget(name: "train", dependencies: mpiToolDependencies, swiftSettings: mpiToolSettings),
         .executableTarget(name: "sample", dependencies: ["Shared"], swiftSettings: checked),
         .executableTarget(name: "discrim", dependencies: ["Shared"], swiftSettings: checked),
-        .executableTarget(name: "rlstep", dependencies: ["Shared"], swiftSettings: checked),
+        .executableTarget(name: "rlstep", dependencies: mpiToolDependencies, swiftSettings: mpiToolSettings),
         .executableTarget(name: "embed", dependencies: ["Shared"], swiftSettings: checked),
         .testTarget(name: "SharedTests", dependencies: ["Shared", "CZlib"], exclude: ["Golden"]),
     ] + mpiTargets,

@@ -23,12 +23,18 @@ public struct ImageStatistics: Sendable, Equatable {
 
     /// Adds a batch x [B, C, H, W] (C = 1 or 3), values in [-1, 1].
     public mutating func add(_ x: UnsafeBufferPointer<Float>, shape: [Int]) throws {
+        try add(terms: Self.terms(x, shape: shape), channels: shape[1])
+    }
+
+    /// What each image of a batch adds to the five sums (package: data-parallel `rlstep` gathers
+    /// them from every rank and adds them in the single-process order).
+    package static func terms(_ x: UnsafeBufferPointer<Float>, shape: [Int]) throws -> [[Double]] {
         guard Self.applies(to: shape) else { throw MetricsError("image statistics need x of shape [B, 1 or 3, H, W], got \(shape)") }
         let b = shape[0], c = shape[1], hw = shape[2] * shape[3]
-        if let channels, channels != c { throw MetricsError("images change channel count within a stream (\(channels) then \(c))") }
-        channels = c
         @inline(__always) func u(_ v: Float) -> Double { min(1, max(0, (Double(v) + 1) * 0.5)) }
         let np = Double(hw)
+        var out: [[Double]] = []
+        out.reserveCapacity(b)
         for i in 0..<b {
             let base = x.baseAddress! + i * c * hw
             var sl = 0.0, sl2 = 0.0, smin = 0.0, ssat = 0.0
@@ -49,17 +55,27 @@ public struct ImageStatistics: Sendable, Equatable {
                 }
             }
             let ml = sl / np
-            sums[0] += ml
-            sums[1] += max(0, sl2 / np - ml * ml).squareRoot()
-            sums[2] += smin / np
+            var t = [ml, max(0, sl2 / np - ml * ml).squareRoot(), smin / np, 0, 0]
             if c == 3 {
-                sums[3] += ssat / np
+                t[3] = ssat / np
                 let mrg = srg / np, myb = syb / np
                 let vrg = max(0, srg2 / np - mrg * mrg), vyb = max(0, syb2 / np - myb * myb)
-                sums[4] += (vrg + vyb).squareRoot() + 0.3 * (mrg * mrg + myb * myb).squareRoot()
+                t[4] = (vrg + vyb).squareRoot() + 0.3 * (mrg * mrg + myb * myb).squareRoot()
             }
+            out.append(t)
         }
-        images += b
+        return out
+    }
+
+    /// Adds images given by their `terms`, in order.
+    package mutating func add(terms: [[Double]], channels c: Int) throws {
+        if let channels, channels != c { throw MetricsError("images change channel count within a stream (\(channels) then \(c))") }
+        channels = c
+        for t in terms {
+            sums[0] += t[0]; sums[1] += t[1]; sums[2] += t[2]
+            if c == 3 { sums[3] += t[3]; sums[4] += t[4] }
+        }
+        images += terms.count
     }
 
     /// Named averages: brightness, contrast, whiteness, and for colour saturation and colorfulness.

@@ -99,6 +99,21 @@ public final class AdjointMatching: RLObjective {
     // MARK: RLObjective
 
     public func prepare(_ ctx: RLContext) throws {
+        // This rank's checks and stop-gradient quantities (all of them in one process): a rank
+        // that fails stops every rank here, before the sums below.
+        var sums = [0.0, 0.0, 0.0]
+        try ctx.phase { sums = try prepareLocal(ctx) }
+        try ctx.sum(&sums)
+        let N = Double(ctx.total)
+        adjTerminal = sums[0] / N
+        adjStart = sums[1] / N
+        klStart = sums[2] / Double(max(ctx.total, 1))
+        trainable = Array(0..<ctx.total)
+    }
+
+    /// The adjoints and base velocities of the buffer's samples; returns the sums over them of
+    /// the terminal and t = 1 adjoint norms and of the path KL.
+    private func prepareLocal(_ ctx: RLContext) throws -> [Double] {
         let s = ctx.sampler, buf = ctx.buffer
         guard s.kind == .memorylessLL || s.kind == .memorylessEM else {
             throw RLError("{algo} am needs memoryless rollouts (`sample --sampler memoryless-ll --record`), but the buffer was sampled with \(s.kind.rawValue)")
@@ -127,8 +142,8 @@ public final class AdjointMatching: RLObjective {
             for d in 0..<D { s += Double(v[base + d]) * Double(v[base + d]) }
             return s.squareRoot()
         }
-        adjTerminal = Stats.mean((0..<N).map { norm(terminal, $0, $0 * D) })
-        adjStart = Stats.mean((0..<N).map { norm(adjoint, $0, ($0 * S) * D) })
+        let terminalSum = (0..<N).map { norm(terminal, $0, $0 * D) }.reduce(0, +)
+        let startSum = (0..<N).map { norm(adjoint, $0, ($0 * S) * D) }.reduce(0, +)
         // Girsanov estimate of the path KL (per dimension) of the sampling policy to the base,
         // over the stochastic steps: sum_k h_k/2 |(2/sigma_k)(v - v_base)|^2 / D, mean over samples.
         var kl = 0.0
@@ -142,8 +157,7 @@ public final class AdjointMatching: RLObjective {
                 kl += h / 2 * ss / Double(D)
             }
         }
-        klStart = kl / Double(max(N, 1))
-        trainable = Array(0..<N)
+        return [terminalSum, startSum, kl]
     }
 
     /// Sets the time grid alone (tests of `subset`).
@@ -170,12 +184,15 @@ public final class AdjointMatching: RLObjective {
 
     public func accumulateGradients(_ ctx: RLContext, samples: [Int], rng: inout CounterRNG) throws -> Double {
         let buf = ctx.buffer
-        var rowSample: [Int] = [], rowStep: [Int] = []
+        // Rows (sample, step) of the samples this rank holds (rowSample: local index, rowOf: the
+        // sample's position in the minibatch); every rank draws every sample's steps.
+        var rowSample: [Int] = [], rowStep: [Int] = [], rowOf: [Int] = []
         var perSampleSteps: [Int] = []
-        for i in samples {
+        for (j, i) in samples.enumerated() {
             let ks = subset(&rng)
             perSampleSteps.append(ks.count)
-            for k in ks { rowSample.append(i); rowStep.append(k) }
+            guard let l = ctx.local(i) else { continue }
+            for k in ks { rowSample.append(l); rowStep.append(k); rowOf.append(j) }
         }
         let R = rowSample.count
         var x = [Float](repeating: 0, count: R * D)
@@ -187,21 +204,20 @@ public final class AdjointMatching: RLObjective {
         let v = tv.forward(x, t: rowStep.map { times[$0] }, y: rowSample.map { buf.labels[$0] })
         var resid = [Double](repeating: 0, count: R * D)
         var loss = [Double](repeating: 0, count: samples.count)
-        var r = 0
-        for (j, i) in samples.enumerated() {
-            let m = Double(perSampleSteps[j])
-            for _ in 0..<perSampleSteps[j] {
-                let k = rowStep[r], sg = sigmas[k], base = (i * S + k) * D
-                var ss = 0.0
-                for d in 0..<D {
-                    let e = 2 / sg * (Double(v[r * D + d]) - Double(vBase[base + d])) - sg * Double(adjoint[base + d])
-                    resid[r * D + d] = e
-                    ss += e * e
-                }
-                loss[j] += ss / (2 * m)
-                r += 1
+        for r in 0..<R {
+            let j = rowOf[r], m = Double(perSampleSteps[j])
+            let k = rowStep[r], sg = sigmas[k], base = (rowSample[r] * S + k) * D
+            var ss = 0.0
+            for d in 0..<D {
+                let e = 2 / sg * (Double(v[r * D + d]) - Double(vBase[base + d])) - sg * Double(adjoint[base + d])
+                resid[r * D + d] = e
+                ss += e * e
             }
+            loss[j] += ss / (2 * m)
         }
+        // Every sample's loss on every rank (each has one owner: the sum is exact), so the
+        // outlier quantile, the mask and the kept count below are the single-process ones.
+        try ctx.sum(&loss)
         let finite = loss.filter { $0.isFinite }
         let keep = Self.outlierMask(loss, threshold: &threshold, quantile: options.clipQuantile, rho: options.clipRho, cap: options.clipCap)
         let kept = keep.filter { $0 }.count
@@ -211,18 +227,11 @@ public final class AdjointMatching: RLObjective {
         // it (the trainer refuses to write), not a zero loss that hides it.
         guard kept > 0 else { return finite.isEmpty ? .nan : 0 }
         var dv = [Float](repeating: 0, count: R * D)
-        r = 0
         var total = 0.0
-        for j in samples.indices {
-            let m = Double(perSampleSteps[j])
-            if keep[j] { total += loss[j] }
-            for _ in 0..<perSampleSteps[j] {
-                if keep[j] {
-                    let c = 2 / sigmas[rowStep[r]] / (m * Double(kept))
-                    for d in 0..<D { dv[r * D + d] = Float(c * resid[r * D + d]) }
-                }
-                r += 1
-            }
+        for j in samples.indices where keep[j] { total += loss[j] }
+        for r in 0..<R where keep[rowOf[r]] {
+            let c = 2 / sigmas[rowStep[r]] / (Double(perSampleSteps[rowOf[r]]) * Double(kept))
+            for d in 0..<D { dv[r * D + d] = Float(c * resid[r * D + d]) }
         }
         tv.backward(dv)
         return total / Double(kept)

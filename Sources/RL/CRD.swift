@@ -76,6 +76,8 @@ public final class CRD: ForwardProcessObjective, RLObjective, RLSnapshotHolder {
         let B = samples.count, T = common.timesteps
         let fwd = forwardMinibatch(ctx, samples: samples, rng: &rng)
         let (rows, vOld, vRef, useKL, tv, v) = (fwd.rows, fwd.vOld, fwd.vRef, fwd.useKL, fwd.policy, fwd.v)
+        // this rank's rows: sample position rows.positions[jl] of the minibatch, row k * Bl + jl
+        let Bl = rows.positions.count
         var dv = [Float](repeating: 0, count: v.count)
         // local group partition of the minibatch
         var local: [Int: [Int]] = [:]
@@ -84,11 +86,12 @@ public final class CRD: ForwardProcessObjective, RLObjective, RLSnapshotHolder {
         let p = samples.map { probability[$0] }
         let Dd = Double(D), Td = Double(T)
         let m = useKL ? options.klFloor / common.klWeight : 0
-        var total = 0.0
+        // The implicit rewards r[k * B + j] of every sample, on every rank (each has one owner:
+        // the sum is exact), because the centring within a group needs all of them.
+        var r = [Double](repeating: 0, count: T * B), wt = r
         for k in 0..<T {
-            var r = [Double](repeating: 0, count: B), wt = r
-            for j in 0..<B {
-                let o = (k * B + j) * D
+            for (jl, j) in rows.positions.enumerated() {
+                let o = (k * Bl + jl) * D
                 var a1 = 0.0, a0 = 0.0
                 if options.adaptiveWeighting {
                     for d in 0..<D { a1 += abs(Double(v[o + d]) - Double(rows.u[o + d])); a0 += abs(Double(vOld[o + d]) - Double(rows.u[o + d])) }
@@ -100,22 +103,28 @@ public final class CRD: ForwardProcessObjective, RLObjective, RLSnapshotHolder {
                     s += e1 * e1 / a1 - e0 * e0 / a0
                     let q = Double(v[o + d]) - Double(vOld[o + d]); dev += q * q
                 }
-                r[j] = -s / Dd
-                wt[j] = a1
+                r[k * B + j] = -s / Dd
+                wt[k * B + j] = a1
                 oldDevSum += dev / Dd
             }
-            let (lp, dr, rc) = Self.centredLoss(implicit: r, target: p, groups: groups, beta: options.beta, scale: common.advantageClip)
+        }
+        try ctx.sum(&r)
+        var total = 0.0, policyPart = 0.0, klPart = 0.0
+        for k in 0..<T {
+            let rk = Array(r[(k * B)..<((k + 1) * B)])
+            let (lp, dr, rc) = Self.centredLoss(implicit: rk, target: p, groups: groups, beta: options.beta, scale: common.advantageClip)
             total += lp / Td
+            policyPart += lp / Td
             polSum += lp
-            rMeanSum += Stats.mean(r); rcStdSum += Stats.std(rc)
+            rMeanSum += Stats.mean(rk); rcStdSum += Stats.std(rc)
             let pc = groups.flatMap { g in g.map { p[$0] - g.reduce(0) { $0 + p[$1] } / Double(g.count) } }
             let rcs = groups.flatMap { g in g.map { rc[$0] } }
             let cr = Self.correlation(rcs, pc)
             if cr.isFinite { corrSum += cr; nCorr += 1 }
             nK += 1
-            for j in 0..<B {
-                let o = (k * B + j) * D
-                let g = dr[j] / Td * (-2 / (wt[j] * Dd))
+            for (jl, j) in rows.positions.enumerated() {
+                let o = (k * Bl + jl) * D
+                let g = dr[j] / Td * (-2 / (wt[k * B + j] * Dd))
                 var kl = 0.0
                 let f = useKL ? (options.rewardAdaptiveKL ? m + p[j] * (1 - m) : 1) : 0
                 for d in 0..<D {
@@ -132,12 +141,20 @@ public final class CRD: ForwardProcessObjective, RLObjective, RLSnapshotHolder {
                     let l = common.klWeight * f * kl / Dd / Double(B)
                     klLossSum += l
                     total += l / Td
+                    klPart += l / Td
                 }
                 nRows += 1
             }
         }
         tv.backward(dv)
-        return total
+        // the whole minibatch's loss: the policy part is already every rank's, the KL part is summed
+        return ctx.shard == nil ? total : policyPart + (try ctx.sum(klPart))
+    }
+
+    public func reduceDiagnostics(_ ctx: RLContext) throws {
+        var v = [oldDevSum, klSum, klLossSum, Double(nRows)]
+        try ctx.sum(&v)
+        oldDevSum = v[0]; klSum = v[1]; klLossSum = v[2]; nRows = Int(v[3])
     }
 
     static func correlation(_ a: [Double], _ b: [Double]) -> Double {

@@ -44,10 +44,12 @@ public final class DiffusionNFT: ForwardProcessObjective, RLObjective, RLSnapsho
         let Dd = Double(D), n = Double(B * T)
         var total = 0.0
         var ep = [Double](repeating: 0, count: D), en = ep
+        // this rank's rows: sample position rows.positions[jl] of the minibatch, row k * Bl + jl
+        let Bl = rows.positions.count
         for k in 0..<T {
-            for (j, i) in samples.enumerated() {
-                let row = k * B + j, o = row * D
-                let t = Double(rows.t[row]), p = probability[i]
+            for (jl, j) in rows.positions.enumerated() {
+                let row = k * Bl + jl, o = row * D
+                let t = Double(rows.t[row]), p = probability[samples[j]]
                 var ap = 0.0, an = 0.0
                 for d in 0..<D {
                     let vo = Double(vOld[o + d]), vt = Double(v[o + d]), xt = Double(rows.x[o + d]), x0 = Double(rows.x0[o + d])
@@ -76,7 +78,14 @@ public final class DiffusionNFT: ForwardProcessObjective, RLObjective, RLSnapsho
             }
         }
         tv.backward(dv)
-        return total
+        // the whole minibatch's loss on every rank
+        return try ctx.sum(total)
+    }
+
+    public func reduceDiagnostics(_ ctx: RLContext) throws {
+        var v = [posSum, negSum, klSum, Double(nRows)]
+        try ctx.sum(&v)
+        posSum = v[0]; negSum = v[1]; klSum = v[2]; nRows = Int(v[3])
     }
 
     public func finishRound(_ ctx: RLContext, step: Int) throws {

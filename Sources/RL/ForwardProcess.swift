@@ -166,28 +166,33 @@ public class ForwardProcessObjective {
     }
 
     func prepareCommon(_ ctx: RLContext, algo: String) throws {
-        let buf = ctx.buffer
-        guard let rewards = buf.rewards else { throw RLError("{algo} \(algo) needs `reward` in every record (score the rollouts, e.g. `discrim score`)") }
-        guard let groups = buf.groups else { throw RLError("{algo} \(algo) needs `group` in every record (`sample --group G`): advantages and centring are per group") }
-        if common.klWeight > 0 && common.klCFG != 1 {
-            guard ctx.reference.config.numClasses > 0 else {
-                throw RLError("{kl_cfg} \(common.klCFG) needs a class-conditional reference (this one has no classes); pass {kl_cfg} 1")
+        // This rank's checks (a rank that fails stops every rank here).
+        try ctx.phase {
+            let buf = ctx.buffer
+            guard buf.rewards != nil else { throw RLError("{algo} \(algo) needs `reward` in every record (score the rollouts, e.g. `discrim score`)") }
+            guard buf.groups != nil else { throw RLError("{algo} \(algo) needs `group` in every record (`sample --group G`): advantages and centring are per group") }
+            if common.klWeight > 0 && common.klCFG != 1 {
+                guard ctx.reference.config.numClasses > 0 else {
+                    throw RLError("{kl_cfg} \(common.klCFG) needs a class-conditional reference (this one has no classes); pass {kl_cfg} 1")
+                }
             }
+            D = buf.dim
         }
-        D = buf.dim
+        // Advantages, groups and minibatches are over every rank's samples (global indices).
+        let rewards = ctx.rewards!, groups = ctx.groups!, N = ctx.total
         advantages = Self.advantages(rewards: rewards, groups: groups, std: common.rewardStd)
         let c = common.advantageClip
         advClipped = advantages.filter { abs($0) > c }.count
         probability = advantages.map { min(max($0, -c), c) / c / 2 + 0.5 }
         var index: [Int64: Int] = [:]
         members = []
-        groupOf = [Int](repeating: 0, count: buf.count)
-        for i in 0..<buf.count {
+        groupOf = [Int](repeating: 0, count: N)
+        for i in 0..<N {
             if let g = index[groups[i]] { members[g].append(i); groupOf[i] = g } else {
                 index[groups[i]] = members.count; groupOf[i] = members.count; members.append([i])
             }
         }
-        trainable = Array(0..<buf.count)
+        trainable = Array(0..<N)
         if old == nil { old = try PolicySnapshot(prefix: "\(algo).old", copying: ctx.model) }
     }
 
@@ -205,26 +210,42 @@ public class ForwardProcessObjective {
         return out
     }
 
-    /// Rows (timestep k, sample j) = k * B + j of forward-noised states for a minibatch.
+    /// Rows (timestep k, sample j) = k * B + j of forward-noised states for a minibatch; under a
+    /// shard only this rank's samples, B of them, `positions[j]` being sample j's place in the
+    /// minibatch (j itself in one process).
     struct Rows {
         var x: [Float] = [], t: [Float] = [], y: [Int] = [], x0: [Float] = [], u: [Float] = []
+        var positions: [Int] = []
         var count: Int { t.count }
     }
 
-    func makeRows(_ buf: RolloutBuffer, samples: [Int], rng: inout CounterRNG) -> Rows {
-        let B = samples.count, T = common.timesteps, D = buf.dim
+    func makeRows(_ ctx: RLContext, samples: [Int], rng: inout CounterRNG) -> Rows {
+        let buf = ctx.buffer
+        let T = common.timesteps, D = buf.dim
         var r = Rows()
+        var mine: [Int] = []
+        for (j, i) in samples.enumerated() { if let l = ctx.local(i) { r.positions.append(j); mine.append(l) } }
+        let B = mine.count
         r.x = [Float](repeating: 0, count: B * T * D); r.x0 = r.x; r.u = r.x
         r.t = [Float](repeating: 0, count: B * T); r.y = [Int](repeating: 0, count: B * T)
         let s = common.timeShift
-        for (j, i) in samples.enumerated() {
-            let o = buf.stateOffset(i, buf.steps)
+        // Each sample draws T times and T D normals (one and two counter positions each): another
+        // rank's sample is skipped by moving the counter, so every sample gets its draws of one process.
+        let perSample = UInt64(T * (1 + 2 * D))
+        var next = 0
+        for i in samples.indices {
+            guard next < B, r.positions[next] == i else {
+                rng = CounterRNG(seed: rng.seed, stream: rng.stream, position: rng.position + perSample)
+                continue
+            }
+            let j = next, o = buf.stateOffset(mine[j], buf.steps)
+            next += 1
             for k in 0..<T {
                 let u = common.timestepRange * (Double(k) + rng.uniform()) / Double(T)
                 let t = Float(s * u / (1 + (s - 1) * u))
                 let row = k * B + j
                 r.t[row] = t
-                r.y[row] = buf.labels[i]
+                r.y[row] = buf.labels[mine[j]]
                 for d in 0..<D {
                     let x0 = buf.trajectory[o + d], e = Float(rng.normal())
                     r.x0[row * D + d] = x0
@@ -246,7 +267,7 @@ public class ForwardProcessObjective {
 
     func forwardMinibatch(_ ctx: RLContext, samples: [Int], rng: inout CounterRNG) -> MinibatchForward {
         frozenAt = 0
-        let rows = makeRows(ctx.buffer, samples: samples, rng: &rng)
+        let rows = makeRows(ctx, samples: samples, rng: &rng)
         let vOld = old!.net.velocity(rows.x, t: rows.t, y: rows.y)
         let useKL = common.klWeight > 0
         let vRef = useKL ? referenceVelocity(ctx.reference, rows) : []

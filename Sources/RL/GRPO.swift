@@ -77,6 +77,29 @@ public final class GRPO: RLObjective {
     }
 
     public func prepare(_ ctx: RLContext) throws {
+        // This rank's checks and start-of-round means (all samples in one process): a rank that
+        // fails stops every rank here, before the sums below.
+        var local = (kl: 0.0, mismatch: 0.0)
+        try ctx.phase { local = try prepareLocal(ctx) }
+        // The advantages need every reward of a group (or of the buffer): from all ranks.
+        guard let rewards = ctx.rewards else { throw RLError("{algo} grpo needs `reward` in every record (score the rollouts, e.g. `discrim score`)") }
+        let N = ctx.total
+        let (adv, nClip) = try Self.advantages(rewards: rewards, groups: ctx.groups, norm: options.advantageNorm, clip: options.advantageClip)
+        advantages = adv
+        advClipped = nClip
+        // drop groups whose advantages are all zero
+        var groupAllZero: [Int64: Bool] = [:]
+        let keys = options.advantageNorm == .global ? [Int64](repeating: 0, count: N) : ctx.groups!
+        for i in 0..<N { groupAllZero[keys[i]] = (groupAllZero[keys[i]] ?? true) && adv[i] == 0 }
+        zeroGroups = groupAllZero.values.filter { $0 }.count
+        trainable = (0..<N).filter { !groupAllZero[keys[$0]]! }
+        klStart = try ctx.sum(local.kl) / Double(max(N, 1))
+        logpMismatch = try ctx.max(local.mismatch)
+    }
+
+    /// The reference and start-of-round means of the buffer's samples; returns the sum of their
+    /// start KL and the largest recorded-log-prob mismatch.
+    private func prepareLocal(_ ctx: RLContext) throws -> (kl: Double, mismatch: Double) {
         let s = ctx.sampler, buf = ctx.buffer
         guard s.kind != .heun else { throw RLError("{algo} grpo needs Gaussian transitions; heun has none") }
         K = (0..<s.steps).filter { s.gaussianStep($0)?.isStochastic ?? false }
@@ -84,18 +107,12 @@ public final class GRPO: RLObjective {
             throw RLError("{algo} grpo needs stochastic steps, but the buffer's sampler (\(s.kind.rawValue), eta \(s.eta)) is deterministic")
         }
         guard let recorded = buf.logProbs else { throw RLError("{algo} grpo needs `traj.logp` (`sample --record` writes it)") }
-        guard let rewards = buf.rewards else { throw RLError("{algo} grpo needs `reward` in every record (score the rollouts, e.g. `discrim score`)") }
+        guard buf.rewards != nil else { throw RLError("{algo} grpo needs `reward` in every record (score the rollouts, e.g. `discrim score`)") }
+        if options.advantageNorm != .global && buf.groups == nil {
+            throw RLError("--adv-norm \(options.advantageNorm.rawValue) needs `group` in the buffer (`sample --group G`); or use --adv-norm global")
+        }
         D = buf.dim
         let N = buf.count, S = buf.steps
-        let (adv, nClip) = try Self.advantages(rewards: rewards, groups: buf.groups, norm: options.advantageNorm, clip: options.advantageClip)
-        advantages = adv
-        advClipped = nClip
-        // drop groups whose advantages are all zero
-        var groupAllZero: [Int64: Bool] = [:]
-        let keys = options.advantageNorm == .global ? [Int64](repeating: 0, count: N) : buf.groups!
-        for i in 0..<N { groupAllZero[keys[i]] = (groupAllZero[keys[i]] ?? true) && adv[i] == 0 }
-        zeroGroups = groupAllZero.values.filter { $0 }.count
-        trainable = (0..<N).filter { !groupAllZero[keys[$0]]! }
         meanAbsB = Stats.mean(K.map { abs(s.gaussianStep($0)!.b) })
         // reference and start-of-round means for every stochastic step
         muRef = [Float](repeating: 0, count: N * K.count * D)
@@ -121,16 +138,18 @@ public final class GRPO: RLObjective {
                 kl += ss / (2 * s2 * Double(D))
             }
         }
-        klStart = kl / Double(max(N, 1))
-        logpMismatch = mismatch
+        return (kl, mismatch)
     }
 
     public func accumulateGradients(_ ctx: RLContext, samples: [Int], rng: inout CounterRNG) throws -> Double {
         let buf = ctx.buffer, s = ctx.sampler, S = buf.steps
         let recorded = buf.logProbs!
+        // The rows of the samples this rank holds (local indices); R counts every rank's rows.
+        let mine = samples.compactMap { ctx.local($0) }
+        let owner = samples.filter { ctx.local($0) != nil }
         var xs: [Float] = [], ts: [Float] = [], ys: [Int] = []
-        xs.reserveCapacity(samples.count * K.count * D)
-        for i in samples {
+        xs.reserveCapacity(mine.count * K.count * D)
+        for i in mine {
             for k in K {
                 let o = buf.stateOffset(i, k)
                 xs += buf.trajectory[o..<(o + D)]
@@ -140,14 +159,14 @@ public final class GRPO: RLObjective {
         }
         let tv = TrainingVelocity(model: ctx.model, guidance: s.guidance)
         let v = tv.forward(xs, t: ts, y: ys)
-        let R = ts.count
-        var dv = [Float](repeating: 0, count: R * D)
+        let R = samples.count * K.count
+        var dv = [Float](repeating: 0, count: ts.count * D)
         let eps = options.clipRange
         let pgScale = (options.ratioNorm ? 1 / meanAbsB : 1) / Double(R)
         var total = 0.0
         var r = 0
-        for i in samples {
-            let A = advantages[i]
+        for (i, g) in zip(mine, owner) {
+            let A = advantages[g]
             for (j, k) in K.enumerated() {
                 let step = s.gaussianStep(k)!
                 let sd = max(step.std, GaussianLogProb.minStd), s2 = sd * sd
@@ -186,7 +205,16 @@ public final class GRPO: RLObjective {
             }
         }
         tv.backward(dv)
-        return total
+        // the whole minibatch's loss on every rank
+        return try ctx.sum(total)
+    }
+
+    public func reduceDiagnostics(_ ctx: RLContext) throws {
+        var v = [ratioSum, Double(rows), Double(clipped), klSum]
+        try ctx.sum(&v)
+        ratioSum = v[0]; rows = Int(v[1]); clipped = Int(v[2]); klSum = v[3]
+        ratioMin = try ctx.min(ratioMin)
+        ratioMax = try ctx.max(ratioMax)
     }
 
     public func diagnostics() -> [(String, Double)] {

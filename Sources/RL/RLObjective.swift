@@ -9,12 +9,16 @@ public struct RLContext {
     public let reference: VelocityNet
     public let sampler: Sampler
     public let buffer: RolloutBuffer
+    /// Data parallelism: `buffer` then holds this rank's samples only, and sample indices given
+    /// to the objective (`trainable`, minibatches) are global (RLShard). nil: one process.
+    public let shard: RLShard?
 
-    public init(model: VelocityNet, reference: VelocityNet, sampler: Sampler, buffer: RolloutBuffer) {
+    public init(model: VelocityNet, reference: VelocityNet, sampler: Sampler, buffer: RolloutBuffer, shard: RLShard? = nil) {
         self.model = model
         self.reference = reference
         self.sampler = sampler
         self.buffer = buffer
+        self.shard = shard
     }
 }
 
@@ -44,15 +48,22 @@ public protocol RLObjective: AnyObject {
     func minibatches(of samples: [Int], size: Int, rng: inout CounterRNG) -> [[Int]]?
     /// Called once after the round's last update with the new optimizer step (e.g. snapshot updates).
     func finishRound(_ ctx: RLContext, step: Int) throws
+    /// Under a shard, before `diagnostics`: sums the diagnostics each rank accumulated over its
+    /// own rows, so every rank reports the round's.
+    func reduceDiagnostics(_ ctx: RLContext) throws
 }
 
 extension RLObjective {
     public func minibatches(of samples: [Int], size: Int, rng: inout CounterRNG) -> [[Int]]? { nil }
     public func finishRound(_ ctx: RLContext, step: Int) throws {}
+    public func reduceDiagnostics(_ ctx: RLContext) throws {}
 }
 
 /// The policy's velocity on a batch of rows with per-row times, through classifier-free guidance
 /// when the sampler used it, with a matching backward (parameter gradients of the guided v).
+///
+/// Rows are independent in the forward pass; under a shard each rank passes only the rows of its
+/// own samples.
 ///
 /// Memory stays bounded whatever the number of rows: `forward` runs the thread-safe inference
 /// path (fixed-size chunks, no activations kept), and `backward` re-runs the training forward

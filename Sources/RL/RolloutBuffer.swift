@@ -143,3 +143,33 @@ extension RolloutBuffer {
         }
     }
 }
+
+extension RolloutBuffer {
+    /// One rank's part of a stream for a data-parallel round: the records j with j % size == rank
+    /// (j counting the records that hold samples), read as `read` (or `readFinal`) reads a whole
+    /// stream. Every rank decompresses the whole stream but decodes and keeps only its records;
+    /// the other records give only their sample counts, so each rank knows the global index of
+    /// its samples (their place in the single-process buffer) and the total. Interleaved records,
+    /// not contiguous blocks: a stream has no index, and its number of records is known only at
+    /// its end, so a record's owner must follow from its position alone.
+    public static func readShard(_ reader: TensorStreamReader, nullLabel: Int, rank: Int, size: Int, finalSamples: Bool,
+                                 tool: String = "rlstep") throws -> (buffer: RolloutBuffer, globalIndex: [Int], total: Int, records: Int) {
+        var mine: [Record] = [], globalIndex: [Int] = []
+        var j = 0, total = 0
+        while let r = try reader.read() {
+            guard let b = r.batchSize else { continue }
+            if j % size == rank {
+                mine.append(r)
+                globalIndex += total..<(total + b)
+            }
+            j += 1
+            total += b
+        }
+        let buffer = finalSamples ? try makeFinal(mine, nullLabel: nullLabel, source: reader.name, tool: tool)
+            : try make(mine, nullLabel: nullLabel, source: reader.name, tool: tool)
+        guard buffer.count == globalIndex.count else {
+            throw RLError("\(reader.name): this rank's records hold \(buffer.count) samples, but their batch sizes add up to \(globalIndex.count)")
+        }
+        return (buffer, globalIndex, total, j)
+    }
+}

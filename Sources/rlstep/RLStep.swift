@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+#if DRL_MPI
+import MPISupport
+#endif
 import Shared
 
 extension GRPO.AdvantageNorm: ExpressibleByArgument {}
@@ -25,6 +28,10 @@ struct RLStep: ParsableCommand {
           --algo grpo  Flow-GRPO: rollouts from any SDE sampler with --record (and --group), scored.
           --algo crd   Centered Reward Distillation; --algo nft  DiffusionNFT: forward-process, rollouts
                        of any sampler (`sample --weights sampling --group G`), only x, y, group, reward used.
+
+        Built with MPI (`make build-mpi`), `mpirun -np K rlstep ... FILE` is data-parallel: rank r \
+        reads the records j with j % K == r, gradients and batch statistics are summed over the \
+        ranks, rank 0 writes; the result equals one process's to float rounding (docs/scaleout.md).
 
         Example:
           sample --model cur.safetensors --n 512 --sampler memoryless-ll --record \\
@@ -85,8 +92,42 @@ struct RLStep: ParsableCommand {
 
     func run() throws {
         threads.apply()
+        #if DRL_MPI
+        // Under mpirun: rank r reads the records j with j % K == r of the buffer, every rank
+        // draws the same minibatches and computes the rows of its samples, the gradients (and
+        // the batch statistics the objectives need) are summed before every step, and rank 0
+        // alone writes the checkpoint and the metrics. A phase that fails on any rank ends every
+        // rank (MPIGroup.collective; docs/scaleout.md).
+        if let group = try MPIGroup.join(tool: "rlstep") {
+            try group.collective { try round(group: group) }
+            group.finish()
+            return
+        }
+        #endif
+        try round(group: nil)
+    }
+
+    /// Runs `body` as one collective phase (every rank agrees on failure) when in a group.
+    func phase<T>(_ group: DataParallelGroup?, _ body: () throws -> T) throws -> T {
+        if let group { return try group.collective(body) }
+        return try body()
+    }
+
+    /// What a round starts from.
+    struct Start {
+        var metricsFile: TextFile?
+        var net: VelocityNet, reference: VelocityNet
+        var digest: String, refDigest: String
+        var optimizer: AdamW, ema: EMA, step: Int
+        var objective: RLObjective
+        var buffer: RolloutBuffer
+        var shard: RLShard?
+    }
+
+    func setUp(group: DataParallelGroup?) throws -> Start {
+        let lead = (group?.rank ?? 0) == 0
         // Opened first, so an unwritable metrics path fails before any work or output.
-        let metricsFile = try metrics.map { try TextFile(path: $0) }
+        let metricsFile = lead ? try metrics.map { try TextFile(path: $0) } : nil
         let record = try Checkpoint.read(model)
         guard record.metadata["arch"] != nil else { throw ToolError("\(model) is not a velocity-model checkpoint (no `arch` metadata)") }
         // A checkpoint rlstep did not write (a `train` base) starts the policy from the weights
@@ -121,19 +162,56 @@ struct RLStep: ParsableCommand {
         }
         try objective.restore(record.metadata)
 
-        let reader = try input.reader()
-        let buffer = algo == "crd" || algo == "nft" ? try RolloutBuffer.readFinal(reader, nullLabel: net.config.numClasses)
-            : try RolloutBuffer.read(reader, nullLabel: net.config.numClasses)
-        guard buffer.count > 0 else { throw ToolError("\(reader.name) holds no rollouts") }
-        if let m = buffer.metadata["model"], m != digest {
+        let finalSamples = algo == "crd" || algo == "nft"
+        let buffer: RolloutBuffer
+        var shard: RLShard?
+        if let group {
+            guard group.size == 1 || input.path != nil else {
+                throw ToolError("under mpirun every rank reads the buffer itself: give it as FILE or -i FILE (standard input reaches rank 0 only)")
+            }
+            let reader = try input.reader()
+            let part = try RolloutBuffer.readShard(reader, nullLabel: net.config.numClasses, rank: group.rank, size: group.size, finalSamples: finalSamples)
+            guard part.total > 0 else { throw ToolError("\(reader.name) holds no rollouts") }
+            guard part.buffer.count > 0 else {
+                throw ToolError("\(reader.name) holds \(part.records) records of rollouts, fewer than the \(group.size) ranks (rank r takes the records j with j % \(group.size) == r): write smaller records (e.g. `sample --batch`) or run fewer ranks")
+            }
+            buffer = part.buffer
+            shard = RLShard(group: group, total: part.total, globalIndex: part.globalIndex)
+        } else {
+            let reader = try input.reader()
+            buffer = finalSamples ? try RolloutBuffer.readFinal(reader, nullLabel: net.config.numClasses)
+                : try RolloutBuffer.read(reader, nullLabel: net.config.numClasses)
+            guard buffer.count > 0 else { throw ToolError("\(reader.name) holds no rollouts") }
+        }
+        // rank 0 holds the first record, whose metadata one process reads
+        if lead, let m = buffer.metadata["model"], m != digest {
             ToolMain.warn("rlstep", "the rollouts were sampled by model \(m.prefix(12))..., not by --model \(digest.prefix(12))... (off-policy)")
         }
+        return Start(metricsFile: metricsFile, net: net, reference: reference, digest: digest, refDigest: refDigest,
+                     optimizer: optimizer, ema: ema, step: step, objective: objective, buffer: buffer, shard: shard)
+    }
+
+    func round(group: DataParallelGroup?) throws {
+        let lead = (group?.rank ?? 0) == 0
+        // Every rank reads the checkpoints and its part of the buffer; one that fails stops all here.
+        let start = try phase(group) { try setUp(group: group) }
+        let (metricsFile, net, reference, digest, refDigest) = (start.metricsFile, start.net, start.reference, start.digest, start.refDigest)
+        let (optimizer, ema, objective, buffer) = (start.optimizer, start.ema, start.objective, start.buffer)
         var o = RLTrainOptions()
         o.epochs = epochs; o.minibatch = minibatch; o.lr = lr; o.warmup = warmup; o.weightDecay = weightDecay
         o.maxGradNorm = maxGradNorm; o.emaDecay = emaDecay; o.seed = seed
-        let trainer = RLTrainer(model: net, reference: reference, optimizer: optimizer, ema: ema, step: step, options: o)
-        let m = try trainer.run(objective: objective, buffer: buffer)
+        let trainer = RLTrainer(model: net, reference: reference, optimizer: optimizer, ema: ema, step: start.step, options: o)
+        // The round runs its own phases; its checks see the same numbers on every rank.
+        let m = try trainer.run(objective: objective, buffer: buffer, shard: start.shard)
+        // Rank 0 alone writes; the others wait for its outcome (a failed write stops them all).
+        try phase(group) {
+            guard lead else { return }
+            try write(m, trainer: trainer, start: start, metricsFile: metricsFile, digest: digest, refDigest: refDigest)
+        }
+    }
 
+    func write(_ m: [(String, Double)], trainer: RLTrainer, start: Start, metricsFile: TextFile?, digest: String, refDigest: String) throws {
+        let (net, optimizer, ema, objective, buffer) = (start.net, start.optimizer, start.ema, start.objective, start.buffer)
         var meta = objective.state()
         meta["tool"] = "rlstep"
         meta["version"] = Toolkit.version

@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+#if DRL_MPI
+import MPISupport
+#endif
 import Shared
 
 struct Train: ParsableCommand {
@@ -121,7 +124,7 @@ struct Train: ParsableCommand {
         // Under mpirun: every rank reads the whole stream and computes its rows of each
         // minibatch; gradients are summed before every step; rank 0 alone logs and writes the
         // checkpoint. A phase that fails on any rank ends every rank (MPIGroup.collective).
-        if let group = try MPIGroup.join() {
+        if let group = try MPIGroup.join(tool: "train") {
             try group.collective { try train(group: group) }
             group.finish()
             return
@@ -132,9 +135,7 @@ struct Train: ParsableCommand {
 
     /// Runs `body` as one collective phase (every rank agrees on failure) when in a group.
     func phase<T>(_ group: DataParallelGroup?, _ body: () throws -> T) throws -> T {
-        #if DRL_MPI
-        if let g = group as? MPIGroup { return try g.collective(body) }
-        #endif
+        if let group { return try group.collective(body) }
         return try body()
     }
 

@@ -242,6 +242,16 @@ public protocol DataParallelGroup: AnyObject {
     var size: Int { get }
     func sum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws
     func sum(_ buffer: UnsafeMutablePointer<Double>, count: Int) throws
+    /// Runs `body` as one collective phase: every member runs it, then all agree on the outcome,
+    /// so a failure on one member ends every member (the MPI group: the lowest failing rank
+    /// rethrows, the others exit 1). Rule for callers: inside one phase, no collective call (a
+    /// `sum`, a nested phase) may follow a statement that can throw on some members only.
+    /// Default: just `body()`.
+    func collective<T>(_ body: () throws -> T) throws -> T
+}
+
+extension DataParallelGroup {
+    public func collective<T>(_ body: () throws -> T) throws -> T { try body() }
 }
 
 /// Sums the gradients of `parameters` over the group in place (one packed buffer, one call).

@@ -1,31 +1,36 @@
 #if DRL_MPI
+import CLI
 import CMPIShim
 import Foundation
-import Shared
+import NN
+import TensorStream
 
-/// MPI_COMM_WORLD as a data-parallel group (built only with DRL_MPI=1; docs/scaleout.md).
-final class MPIGroup: DataParallelGroup {
-    let rank: Int
-    let size: Int
+/// MPI_COMM_WORLD as a data-parallel group, for the tools that run under `mpirun -np K` (`train`,
+/// `rlstep`; built only with DRL_MPI=1, docs/scaleout.md).
+public final class MPIGroup: DataParallelGroup {
+    public let rank: Int
+    public let size: Int
+    /// The tool's name, for the one line printed when MPI itself fails.
+    let tool: String
 
     /// Joins the world when launched by mpirun (OMPI_COMM_WORLD_SIZE set); nil otherwise, so the
     /// MPI build run on its own is the single-process tool.
-    static func join() throws -> MPIGroup? {
+    public static func join(tool: String) throws -> MPIGroup? {
         guard ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"] != nil else { return nil }
         var r: Int32 = 0, s: Int32 = 0
         let rc = drl_mpi_init(&r, &s)
         guard rc == 0 else { throw ToolError("MPI_Init failed (MPI error \(rc))") }
-        return MPIGroup(rank: Int(r), size: Int(s))
+        return MPIGroup(rank: Int(r), size: Int(s), tool: tool)
     }
 
-    private init(rank: Int, size: Int) { self.rank = rank; self.size = size }
+    private init(rank: Int, size: Int, tool: String) { self.rank = rank; self.size = size; self.tool = tool }
 
-    func sum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+    public func sum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
         let rc = drl_mpi_sum_float(buffer, count)
         guard rc == 0 else { throw ToolError("MPI_Allreduce failed (MPI error \(rc))") }
     }
 
-    func sum(_ buffer: UnsafeMutablePointer<Double>, count: Int) throws {
+    public func sum(_ buffer: UnsafeMutablePointer<Double>, count: Int) throws {
         let rc = drl_mpi_sum_double(buffer, count)
         guard rc == 0 else { throw ToolError("MPI_Allreduce failed (MPI error \(rc))") }
     }
@@ -37,14 +42,14 @@ final class MPIGroup: DataParallelGroup {
     /// Phases nest (a step inside the whole run): an error that already went through the
     /// agreement of an inner phase is passed on as it is, without a second one (the other ranks
     /// have left by then).
-    func collective<T>(_ body: () throws -> T) throws -> T {
+    public func collective<T>(_ body: () throws -> T) throws -> T {
         var result: T?
         var failure: Error?
         do { result = try body() } catch let agreed as AgreedError { throw agreed } catch { failure = error }
         var lowest = Int32(failure == nil ? size : rank)
         let rc = drl_mpi_min_int(&lowest)
         guard rc == 0 else {
-            fputs("train: error: MPI_Allreduce failed (MPI error \(rc)) on rank \(rank)\n", stderr)
+            fputs("\(tool): error: MPI_Allreduce failed (MPI error \(rc)) on rank \(rank)\n", stderr)
             drl_mpi_abort(1)
             exit(1)
         }
@@ -57,12 +62,12 @@ final class MPIGroup: DataParallelGroup {
         exit(1)
     }
 
-    func finish() { _ = drl_mpi_finalize() }
+    public func finish() { _ = drl_mpi_finalize() }
 }
 
 /// An error every rank has agreed on; the rank that rethrows it prints it (ToolMain).
-struct AgreedError: Error, CustomStringConvertible {
-    let message: String
-    var description: String { message }
+public struct AgreedError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
 }
 #endif
