@@ -102,7 +102,7 @@ def dinov2_state(sd, hf_config=None, image_size=224, resize="bicubic"):
         if any(k.startswith("register_tokens") for k in out):
             sys.exit("register-token DINOv2 variants are not supported")
         depth = 1 + max(int(m.group(1)) for k in out if (m := re.match(r"blocks\.(\d+)\.", k)))
-        pos_interp, heads = "offset", None
+        pos_interp, heads = "offset", (hf_config or {}).get("num_attention_heads")  # --heads
     D = out["cls_token"].shape[-1]
     if heads is None:
         heads = {384: 6, 768: 12, 1024: 16, 1536: 24}.get(D)
