@@ -119,6 +119,39 @@ final class ModelTests: XCTestCase {
         }
     }
 
+    /// The layers' hand loops split over `Parallel.workers` (the tools' --threads): every item is
+    /// computed as in the single loop, so the forward pass, the input gradient and every parameter
+    /// gradient are the same bytes for 1, 2 and 3 workers.
+    func testLayerLoopsSplitOverWorkersGiveTheSameBytes() throws {
+        defer { Parallel.setWorkers(1) }
+        for name in ["sit-tiny", "mlp-tiny"] {
+            let net = try VelocityNet.make(ModelConfig.named(name)!, seed: 0)
+            var g = GradCheck()
+            for p in net.params.trainable { p.randomize(&g, std: 0.05) }
+            let B = 40, D = net.sampleDimension
+            let x = Buffer(B * D)
+            x.pointer.update(from: g.randoms(B * D), count: B * D)
+            let w = g.randoms(B * D)
+            let t = (0..<B).map { Float($0) / Float(B) }, y = (0..<B).map { $0 % 11 }
+            func pass(_ workers: Int) -> [[Float]] {
+                Parallel.setWorkers(workers)
+                net.params.zeroGrad()
+                let v = Array(UnsafeBufferPointer(start: net.forward(x.pointer, t: t, y: y, batch: B), count: B * D))
+                let dx = Array(UnsafeBufferPointer(start: net.backward(w), count: B * D))
+                return [v, dx] + net.params.trainable.map(\.grads)
+            }
+            let one = pass(1)
+            XCTAssertGreaterThan(one[1].map(abs).max()!, 0, "\(name): a zero input gradient proves nothing")
+            for k in [2, 3] {
+                let split = pass(k)
+                XCTAssertEqual(split.count, one.count)
+                for (i, (a, b)) in zip(split, one).enumerated() {
+                    XCTAssertEqual(a, b, "\(name): output \(i) differs with \(k) workers")
+                }
+            }
+        }
+    }
+
     func testConcurrentVelocityMatchesSerial() throws {
         var g = GradCheck()
         let net = try VelocityNet.make(Self.sitSmall, seed: 1)

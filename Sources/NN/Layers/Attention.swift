@@ -20,7 +20,7 @@ public final class MultiHeadAttention {
     private let context = Buffer()    // [batch * tokens, width] heads concatenated
     private let dContext = Buffer()
     private let dQKV = Buffer()
-    private let dScores = Buffer()    // [tokens, tokens] scratch
+    private let dScores = Buffer()    // [workers, tokens, tokens] scratch
 
     public init(_ ps: ParameterSet, _ name: String, width: Int, heads: Int) {
         precondition(width % heads == 0, "width \(width) is not divisible by \(heads) heads")
@@ -41,19 +41,24 @@ public final class MultiHeadAttention {
         let p = probs.ensure(batch * heads * T * T)
         let ctx = context.ensure(rows * W)
         let scale = 1 / Float(hd).squareRoot()
-        for b in 0..<batch {
-            for h in 0..<heads {
-                let base = q + b * T * 3 * W + h * hd
-                let P = p + (b * heads + h) * T * T
-                BLAS.sgemm(transB: true, m: T, n: T, k: hd, alpha: scale, a: base, lda: 3 * W, b: base + W, ldb: 3 * W, beta: 0, c: P, ldc: T)
-                for i in 0..<T {
-                    let row = P + i * T
-                    let mx = vmax(row, T)
-                    for j in 0..<T { row[j] = fastExp(row[j] - mx) }  // vectorises
-                    let inv = 1 / vsum(row, T)
-                    for j in 0..<T { row[j] *= inv }
+        let heads = heads
+        // samples are independent; their small GEMMs run single-threaded inside OpenBLAS, so the
+        // workers split the samples between them
+        Parallel.forRanges(batch, grain: 2) { range in
+            for b in range {
+                for h in 0..<heads {
+                    let base = q + b * T * 3 * W + h * hd
+                    let P = p + (b * heads + h) * T * T
+                    BLAS.sgemm(transB: true, m: T, n: T, k: hd, alpha: scale, a: base, lda: 3 * W, b: base + W, ldb: 3 * W, beta: 0, c: P, ldc: T)
+                    for i in 0..<T {
+                        let row = P + i * T
+                        let mx = vmax(row, T)
+                        for j in 0..<T { row[j] = fastExp(row[j] - mx) }  // vectorises
+                        let inv = 1 / vsum(row, T)
+                        for j in 0..<T { row[j] *= inv }
+                    }
+                    BLAS.sgemm(m: T, n: hd, k: T, a: P, lda: T, b: base + 2 * W, ldb: 3 * W, beta: 0, c: ctx + b * T * W + h * hd, ldc: W)
                 }
-                BLAS.sgemm(m: T, n: hd, k: T, a: P, lda: T, b: base + 2 * W, ldb: 3 * W, beta: 0, c: ctx + b * T * W + h * hd, ldc: W)
             }
         }
         return proj.forward(ctx, rows: rows)
@@ -66,10 +71,13 @@ public final class MultiHeadAttention {
         let dctx = dContext.ensure(rows * W)
         proj.backward(dy, into: dctx, paramGrads: paramGrads)
         let dq = dQKV.ensure(rows * 3 * W)
-        let dS = dScores.ensure(T * T)
+        let dSAll = dScores.ensure(Parallel.workers * T * T)  // one scratch per worker
         let p = probs.pointer
         let scale = 1 / Float(hd).squareRoot()
-        for b in 0..<batch {
+        let heads = heads
+        Parallel.forRangesIndexed(batch, grain: 2) { worker, range in
+          let dS = dSAll + worker * T * T
+          for b in range {
             for h in 0..<heads {
                 let base = q + b * T * 3 * W + h * hd
                 let dbase = dq + b * T * 3 * W + h * hd
@@ -88,6 +96,7 @@ public final class MultiHeadAttention {
                 BLAS.sgemm(m: T, n: hd, k: T, alpha: scale, a: dS, lda: T, b: base + W, ldb: 3 * W, beta: 0, c: dbase, ldc: 3 * W)
                 BLAS.sgemm(transA: true, m: T, n: hd, k: T, alpha: scale, a: dS, lda: T, b: base, ldb: 3 * W, beta: 0, c: dbase + W, ldc: 3 * W)
             }
+          }
         }
         return qkv.backward(dq, paramGrads: paramGrads)
     }

@@ -127,23 +127,30 @@ public final class LayerNorm {
         bias?.fill(0)
     }
 
+    /// Rows a worker takes at least: about 16k elements.
+    @inline(__always)
+    static func grainRows(_ dim: Int) -> Int { max(1, 16_384 / max(1, dim)) }
+
     @discardableResult
     public func forward(_ x: UnsafePointer<Float>, rows: Int) -> UnsafeMutablePointer<Float> {
         input = x
         self.rows = rows
         let y = out.ensure(rows * dim), mu = mean.ensure(rows), rs = rstd.ensure(rows)
-        let n = Float(dim)
-        for r in 0..<rows {
-            let xr = x + r * dim, yr = y + r * dim
-            let m = vsum(xr, dim) / n
-            let v = vsumSquaredDeviation(xr, m, dim)
-            let inv = 1 / (v / n + eps).squareRoot()
-            mu[r] = m
-            rs[r] = inv
-            if let w = weight?.value, let b = bias?.value {
-                for i in 0..<dim { yr[i] = (xr[i] - m) * inv * w[i] + b[i] }
-            } else {
-                for i in 0..<dim { yr[i] = (xr[i] - m) * inv }
+        let n = Float(dim), dim = dim, eps = eps
+        let w = weight?.value, b = bias?.value
+        Parallel.forRanges(rows, grain: Self.grainRows(dim)) { range in
+            for r in range {
+                let xr = x + r * dim, yr = y + r * dim
+                let m = vsum(xr, dim) / n
+                let v = vsumSquaredDeviation(xr, m, dim)
+                let inv = 1 / (v / n + eps).squareRoot()
+                mu[r] = m
+                rs[r] = inv
+                if let w, let b {
+                    for i in 0..<dim { yr[i] = (xr[i] - m) * inv * w[i] + b[i] }
+                } else {
+                    for i in 0..<dim { yr[i] = (xr[i] - m) * inv }
+                }
             }
         }
         return y
@@ -153,29 +160,36 @@ public final class LayerNorm {
     public func backward(_ dy: UnsafePointer<Float>, paramGrads: Bool = true) -> UnsafeMutablePointer<Float> {
         guard let x = input else { preconditionFailure("LayerNorm.backward before forward") }
         let dx = dIn.ensure(rows * dim), mu = mean.pointer, rs = rstd.pointer
-        let n = Float(dim)
+        let n = Float(dim), dim = dim
         let w = weight?.value
-        for r in 0..<rows {
-            let xr = x + r * dim, dyr = dy + r * dim, dxr = dx + r * dim
-            let m = mu[r], inv = rs[r]
-            // dnorm = dy * w; dx = (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)) * rstd
-            var sum1: Float = 0, sum2: Float = 0
-            if let w {
-                for i in 0..<dim {
-                    let dn = dyr[i] * w[i]
-                    sum1 += dn
-                    sum2 += dn * (xr[i] - m) * inv
+        Parallel.forRanges(rows, grain: Self.grainRows(dim)) { range in
+            for r in range {
+                let xr = x + r * dim, dyr = dy + r * dim, dxr = dx + r * dim
+                let m = mu[r], inv = rs[r]
+                // dnorm = dy * w; dx = (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)) * rstd
+                var sum1: Float = 0, sum2: Float = 0
+                if let w {
+                    for i in 0..<dim {
+                        let dn = dyr[i] * w[i]
+                        sum1 += dn
+                        sum2 += dn * (xr[i] - m) * inv
+                    }
+                    let a = sum1 / n, b = sum2 / n
+                    for i in 0..<dim { dxr[i] = (dyr[i] * w[i] - a - (xr[i] - m) * inv * b) * inv }
+                } else {
+                    // sum dy * xhat = inv * (dy . x - m * sum dy)
+                    sum1 = vsum(dyr, dim)
+                    sum2 = inv * (vdot(dyr, xr, dim) - m * sum1)
+                    let a = sum1 / n, b = sum2 / n
+                    for i in 0..<dim { dxr[i] = (dyr[i] - a - (xr[i] - m) * inv * b) * inv }
                 }
-                let a = sum1 / n, b = sum2 / n
-                for i in 0..<dim { dxr[i] = (dyr[i] * w[i] - a - (xr[i] - m) * inv * b) * inv }
-            } else {
-                // sum dy * xhat = inv * (dy . x - m * sum dy)
-                sum1 = vsum(dyr, dim)
-                sum2 = inv * (vdot(dyr, xr, dim) - m * sum1)
-                let a = sum1 / n, b = sum2 / n
-                for i in 0..<dim { dxr[i] = (dyr[i] - a - (xr[i] - m) * inv * b) * inv }
             }
-            if paramGrads, let gw = weight?.grad, let gb = bias?.grad {
+        }
+        // summed over rows in row order, in one loop: the same bytes for any thread count
+        if paramGrads, let gw = weight?.grad, let gb = bias?.grad {
+            for r in 0..<rows {
+                let xr = x + r * dim, dyr = dy + r * dim
+                let m = mu[r], inv = rs[r]
                 for i in 0..<dim {
                     gw[i] += dyr[i] * (xr[i] - m) * inv
                     gb[i] += dyr[i]
@@ -199,7 +213,9 @@ public final class SiLU {
         input = x
         self.count = count
         let y = out.ensure(count)
-        for i in 0..<count { let v = x[i]; y[i] = v / (1 + fastExp(-v)) }
+        Parallel.forRanges(count, grain: elementGrain) { range in
+            for i in range { let v = x[i]; y[i] = v / (1 + fastExp(-v)) }
+        }
         return y
     }
 
@@ -207,10 +223,12 @@ public final class SiLU {
     public func backward(_ dy: UnsafePointer<Float>) -> UnsafeMutablePointer<Float> {
         guard let x = input else { preconditionFailure("SiLU.backward before forward") }
         let dx = dIn.ensure(count)
-        for i in 0..<count {
-            let v = x[i]
-            let s = 1 / (1 + fastExp(-v))
-            dx[i] = dy[i] * s * (1 + v * (1 - s))
+        Parallel.forRanges(count, grain: elementGrain) { range in
+            for i in range {
+                let v = x[i]
+                let s = 1 / (1 + fastExp(-v))
+                dx[i] = dy[i] * s * (1 + v * (1 - s))
+            }
         }
         return dx
     }
@@ -233,9 +251,11 @@ public final class GELU {
         let k = Self.k
         // one store per iteration so the loop vectorises; backward recomputes tanh (cheaper
         // than the memory traffic of caching it for activations larger than the cache)
-        for i in 0..<count {
-            let v = x[i]
-            y[i] = 0.5 * v * (1 + fastTanh(k * (v + 0.044715 * v * v * v)))
+        Parallel.forRanges(count, grain: elementGrain) { range in
+            for i in range {
+                let v = x[i]
+                y[i] = 0.5 * v * (1 + fastTanh(k * (v + 0.044715 * v * v * v)))
+            }
         }
         return y
     }
@@ -245,11 +265,13 @@ public final class GELU {
         guard let x = input else { preconditionFailure("GELU.backward before forward") }
         let dx = dIn.ensure(count)
         let k = Self.k
-        for i in 0..<count {
-            let v = x[i]
-            let th = fastTanh(k * (v + 0.044715 * v * v * v))
-            let du = k * (1 + 3 * 0.044715 * v * v)
-            dx[i] = dy[i] * (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * du)
+        Parallel.forRanges(count, grain: elementGrain) { range in
+            for i in range {
+                let v = x[i]
+                let th = fastTanh(k * (v + 0.044715 * v * v * v))
+                let du = k * (1 + 3 * 0.044715 * v * v)
+                dx[i] = dy[i] * (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * du)
+            }
         }
         return dx
     }
@@ -313,12 +335,15 @@ public final class Modulate {
         self.batch = batch
         self.tokens = tokens
         let y = out.ensure(batch * tokens * dim)
-        for b in 0..<batch {
-            let sh = shift + b * ld, sc = scale + b * ld
-            for t in 0..<tokens {
-                let o = (b * tokens + t) * dim
-                let xr = x + o, yr = y + o
-                for i in 0..<dim { yr[i] = xr[i] * (1 + sc[i]) + sh[i] }
+        let dim = dim
+        Parallel.forRanges(batch, grain: sampleGrain(tokens * dim)) { range in
+            for b in range {
+                let sh = shift + b * ld, sc = scale + b * ld
+                for t in 0..<tokens {
+                    let o = (b * tokens + t) * dim
+                    let xr = x + o, yr = y + o
+                    for i in 0..<dim { yr[i] = xr[i] * (1 + sc[i]) + sh[i] }
+                }
             }
         }
         return y
@@ -329,17 +354,20 @@ public final class Modulate {
     public func backward(_ dy: UnsafePointer<Float>, dShift: UnsafeMutablePointer<Float>, dScale: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> {
         guard let x = input, let scale else { preconditionFailure("Modulate.backward before forward") }
         let dx = dIn.ensure(batch * tokens * dim)
-        for b in 0..<batch {
-            let sc = scale + b * ld, dsh = dShift + b * ld, dsc = dScale + b * ld
-            for i in 0..<dim { dsh[i] = 0; dsc[i] = 0 }
-            for t in 0..<tokens {
-                let o = (b * tokens + t) * dim
-                let xr = x + o, dyr = dy + o, dxr = dx + o
-                for i in 0..<dim {
-                    let g = dyr[i]
-                    dxr[i] = g * (1 + sc[i])
-                    dsh[i] += g
-                    dsc[i] += g * xr[i]
+        let dim = dim, ld = ld, tokens = tokens
+        Parallel.forRanges(batch, grain: sampleGrain(tokens * dim)) { range in
+            for b in range {
+                let sc = scale + b * ld, dsh = dShift + b * ld, dsc = dScale + b * ld
+                for i in 0..<dim { dsh[i] = 0; dsc[i] = 0 }
+                for t in 0..<tokens {
+                    let o = (b * tokens + t) * dim
+                    let xr = x + o, dyr = dy + o, dxr = dx + o
+                    for i in 0..<dim {
+                        let g = dyr[i]
+                        dxr[i] = g * (1 + sc[i])
+                        dsh[i] += g
+                        dsc[i] += g * xr[i]
+                    }
                 }
             }
         }
@@ -366,12 +394,15 @@ public final class GatedResidual {
         self.batch = batch
         self.tokens = tokens
         let o = out.ensure(batch * tokens * dim)
-        for b in 0..<batch {
-            let g = gate + b * ld
-            for t in 0..<tokens {
-                let off = (b * tokens + t) * dim
-                let rr = residual + off, yr = y + off, orow = o + off
-                for i in 0..<dim { orow[i] = rr[i] + g[i] * yr[i] }
+        let dim = dim
+        Parallel.forRanges(batch, grain: sampleGrain(tokens * dim)) { range in
+            for b in range {
+                let g = gate + b * ld
+                for t in 0..<tokens {
+                    let off = (b * tokens + t) * dim
+                    let rr = residual + off, yr = y + off, orow = o + off
+                    for i in 0..<dim { orow[i] = rr[i] + g[i] * yr[i] }
+                }
             }
         }
         return o
@@ -381,21 +412,32 @@ public final class GatedResidual {
     public func backward(_ dOut: UnsafePointer<Float>, dGate: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> {
         guard let y, let gate else { preconditionFailure("GatedResidual.backward before forward") }
         let dy = dY.ensure(batch * tokens * dim)
-        for b in 0..<batch {
-            let g = gate + b * ld, dg = dGate + b * ld
-            for i in 0..<dim { dg[i] = 0 }
-            for t in 0..<tokens {
-                let off = (b * tokens + t) * dim
-                let dor = dOut + off, yr = y + off, dyr = dy + off
-                for i in 0..<dim {
-                    dyr[i] = dor[i] * g[i]
-                    dg[i] += dor[i] * yr[i]
+        let dim = dim, ld = ld, tokens = tokens
+        Parallel.forRanges(batch, grain: sampleGrain(tokens * dim)) { range in
+            for b in range {
+                let g = gate + b * ld, dg = dGate + b * ld
+                for i in 0..<dim { dg[i] = 0 }
+                for t in 0..<tokens {
+                    let off = (b * tokens + t) * dim
+                    let dor = dOut + off, yr = y + off, dyr = dy + off
+                    for i in 0..<dim {
+                        dyr[i] = dor[i] * g[i]
+                        dg[i] += dor[i] * yr[i]
+                    }
                 }
             }
         }
         return dy
     }
 }
+
+/// Elements a worker takes at least in an element-wise layer (`Parallel`): below about 16k the
+/// dispatch costs more than the second core saves.
+let elementGrain = 16_384
+
+/// Samples a worker takes at least when each holds `perSample` elements.
+@inline(__always)
+func sampleGrain(_ perSample: Int) -> Int { max(1, elementGrain / max(1, perSample)) }
 
 /// Element-wise helpers used by the models.
 public enum Ops {

@@ -8,8 +8,30 @@ import Glibc
 public enum BLAS {
     /// Sets how many threads OpenBLAS may use. Pipelines run several tools at once, and
     /// OpenBLAS threads busy-wait, so every tool sets this from its `--threads` option.
+    /// The layers' own loops follow the same setting (`Parallel`).
     public static func setThreads(_ n: Int) {
+        if n > 1 { shortenThreadSpin() }
         openblas_set_num_threads(Int32(max(1, n)))
+        Parallel.setWorkers(n)
+    }
+
+    /// OpenBLAS's idle threads spin (sched_yield) for 2^28 cycles after every GEMM before they
+    /// sleep, so they steal the core from the layers' own loops that run between GEMMs: 10-20%
+    /// of a sit-tiny training step on 2 cores (docs/engine.md). 2^10 cycles makes them sleep at
+    /// once. OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when it loads, before any Swift code, so this
+    /// sets it, has OpenBLAS read its environment again and restarts its thread pool; the next
+    /// call starts the threads with the short timeout. A user's own OPENBLAS_THREAD_TIMEOUT wins.
+    /// Both entry points are looked up at run time: a BLAS without them just keeps its default.
+    private nonisolated(unsafe) static var spinShortened = false
+    private static func shortenThreadSpin() {
+        guard !spinShortened else { return }
+        spinShortened = true
+        guard getenv("OPENBLAS_THREAD_TIMEOUT") == nil,
+              let readEnv = dlsym(nil, "openblas_read_env"),
+              let shutdown = dlsym(nil, "blas_thread_shutdown_") else { return }
+        setenv("OPENBLAS_THREAD_TIMEOUT", "10", 0)
+        unsafeBitCast(readEnv, to: (@convention(c) () -> Void).self)()
+        _ = unsafeBitCast(shutdown, to: (@convention(c) () -> Int32).self)()
     }
 
     public static var threads: Int { Int(openblas_get_num_threads()) }
