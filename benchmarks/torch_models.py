@@ -1,9 +1,9 @@
-"""PyTorch twins of the toolkit's velocity networks (Sources/Shared/Models).
+"""PyTorch twins of the toolkit's velocity networks (Sources/Flow/Models): SiT, MLPVelocity, UNet.
 
-UNTESTED: PyTorch is not installed on the machine this was written on. The modules follow the
-Swift code line by line and facebookresearch/DiT `models.py`; the first parity run should
-compare outputs and gradients on a checkpoint written by the toolkit (tolerance ~1e-4 relative:
-the timestep sinusoid of t * 1000 amplifies float32 rounding of the frequencies).
+The modules follow the Swift code line by line and facebookresearch/DiT `models.py`.
+`benchmarks/bench_engine.sh` checks SiT and the MLP against the Swift velocity on every run (about
+4e-6); the U-Net's golden file comes from `scripts/make_unet_golden.py` (ModelTests). Tolerance
+~1e-4 relative: the timestep sinusoid of t * 1000 amplifies float32 rounding of the frequencies.
 
 Conventions (same as the toolkit):
   * x: [B, C, H, W] float32 (the MLP flattens it); t: [B] in [0, 1], t = 1 is noise, t = 0 data;
@@ -50,8 +50,10 @@ class TimestepEmbedder(nn.Module):
     @staticmethod
     def timestep_embedding(t, dim, max_period=10000):
         half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(start=0, end=half, dtype=torch.float32) / half).to(t.device)
-        args = t[:, None].float() * freqs[None]
+        # float32 as DiT, unless t is float64 (the golden scripts' float64 reference runs)
+        dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+        freqs = torch.exp(-math.log(max_period) * torch.arange(start=0, end=half, dtype=dtype) / half).to(t.device)
+        args = t[:, None].to(dtype) * freqs[None]
         embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         if dim % 2:
             embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
@@ -278,11 +280,113 @@ class MLPVelocity(nn.Module):
         return self.final_layer(h, c).reshape(x.shape)
 
 
+class ResBlock(nn.Module):
+    """The U-Net's residual block; mirrors ResBlock in Sources/NN/Layers/UNet.swift."""
+
+    def __init__(self, cin, cout, emb_dim, groups):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin, eps=1e-5)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, cout)
+        self.norm2 = nn.GroupNorm(groups, cout, eps=1e-5)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x, e):
+        """e is SiLU(t_emb + y_emb), [B, E]."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb_proj(e)[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+class UNetLevel(nn.Module):
+    def __init__(self, res, resample=None):
+        super().__init__()
+        self.res = nn.ModuleList(res)
+        if resample is not None:
+            setattr(self, resample[0], resample[1])
+
+
+class UNet(nn.Module):
+    """Class-conditional U-Net ("unet"); mirrors Sources/Flow/Models/UNetVelocity.swift.
+
+    ch_l = hidden_size * channel_mult[l]; E = hidden_size * mlp_ratio; depth residual blocks per
+    level on each side, two in the middle; stride-2 conv down, nearest x2 + conv up, skips by
+    concatenation; conv2 of every block and conv_out start at zero."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        C = config["channels"]
+        hid = config["hidden_size"]
+        mult = config.get("channel_mult") or [1, 2, 4]
+        groups = config.get("groups") or 8
+        N = config["depth"]
+        E = int(hid * config.get("mlp_ratio", 4))
+        ch = [hid * m for m in mult]
+        L = len(ch)
+        self.time_scale = config["time_scale"]
+        self.conv_in = nn.Conv2d(C, ch[0], 3, padding=1)
+        self.t_embedder = TimestepEmbedder(E, config["frequency_embedding_size"])
+        self.y_embedder = LabelEmbedder(config["num_classes"], E)
+        self.down = nn.ModuleList()
+        for l in range(L):
+            res = [ResBlock(ch[l] if i else ch[max(l - 1, 0)], ch[l], E, groups) for i in range(N)]
+            ds = ("downsample", nn.Conv2d(ch[l], ch[l], 3, stride=2, padding=1)) if l < L - 1 else None
+            self.down.append(UNetLevel(res, ds))
+        self.mid = nn.ModuleList([ResBlock(ch[-1], ch[-1], E, groups) for _ in range(2)])
+        self.up = nn.ModuleList()
+        for l in range(L):
+            res = [ResBlock(2 * ch[l] if i == 0 else ch[l], ch[l], E, groups) for i in range(N)]
+            us = ("upsample", nn.Conv2d(ch[l], ch[l - 1], 3, padding=1)) if l > 0 else None
+            self.up.append(UNetLevel(res, us))
+        self.norm_out = nn.GroupNorm(groups, ch[0], eps=1e-5)
+        self.conv_out = nn.Conv2d(ch[0], C, 3, padding=1)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        # PyTorch defaults elsewhere; DiT's embedder init; zero conv2 and conv_out
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        for lin in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.constant_(lin.bias, 0)
+        for m in self.modules():
+            if isinstance(m, ResBlock):
+                nn.init.constant_(m.conv2.weight, 0)
+                nn.init.constant_(m.conv2.bias, 0)
+        nn.init.constant_(self.conv_out.weight, 0)
+        nn.init.constant_(self.conv_out.bias, 0)
+
+    def forward(self, x, t, y):
+        e = F.silu(self.t_embedder(t * self.time_scale) + self.y_embedder(y))
+        h = self.conv_in(x)
+        skips = []
+        for level in self.down:
+            for block in level.res:
+                h = block(h, e)
+            skips.append(h)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)
+        for block in self.mid:
+            h = block(h, e)
+        for l in reversed(range(len(self.up))):
+            level = self.up[l]
+            h = torch.cat([h, skips[l]], dim=1)
+            for block in level.res:
+                h = block(h, e)
+            if hasattr(level, "upsample"):
+                h = level.upsample(F.interpolate(h, scale_factor=2, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
 def build(config):
     if config["arch"] == "sit":
         return SiT(config)
     if config["arch"] == "mlp":
         return MLPVelocity(config)
+    if config["arch"] == "unet":
+        return UNet(config)
     raise ValueError(f"unknown arch {config['arch']!r}")
 
 

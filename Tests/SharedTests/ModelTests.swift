@@ -7,6 +7,8 @@ final class ModelTests: XCTestCase {
                                       hidden: 16, depth: 2, mlpRatio: 2, frequencyDim: 16)
     static let sitSmall = ModelConfig(arch: "sit", channels: 2, height: 8, width: 8, numClasses: 3,
                                       hidden: 16, depth: 2, mlpRatio: 2, heads: 2, patch: 2, frequencyDim: 16)
+    static let unetSmall = ModelConfig(arch: "unet", channels: 2, height: 8, width: 8, numClasses: 3,
+                                       hidden: 8, depth: 1, mlpRatio: 2, frequencyDim: 16, channelMult: [1, 2], groups: 2)
 
     /// Randomises every trainable parameter (the zero-initialised adaLN and final linears too, so
     /// no gradient is trivially zero), then checks all parameter gradients and the input gradient.
@@ -43,8 +45,35 @@ final class ModelTests: XCTestCase {
 
     func testSiTGradients() throws { try gradientCheck(Self.sitSmall) }
 
+    func testUNetGradients() throws { try gradientCheck(Self.unetSmall) }
+
+    /// The U-Net against its PyTorch twin (benchmarks/torch_models.py `UNet`), randomly
+    /// initialised with every weight non-zero by scripts/make_unet_golden.py: the checkpoint loads
+    /// by PyTorch's names (shape-checked, no tensor left over), and v and u^T dv/dx agree with
+    /// PyTorch's float64 reference to 1e-4 of their largest entry (PyTorch's own float32 run is
+    /// ~4e-6 from it).
+    func testUNetMatchesPyTorchGolden() throws {
+        let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Golden")
+        let weights = try Checkpoint.read(folder.appendingPathComponent("unet_small.safetensors").path)
+        let net = try VelocityNet.load(from: weights)
+        XCTAssertTrue(net is UNetVelocity)
+        XCTAssertEqual(Set(net.params.names), Set(weights.names), "every PyTorch tensor has a Swift parameter of that name")
+        let g = try Checkpoint.read(folder.appendingPathComponent("unet_small_golden.safetensors").path)
+        let x = try g["x"]!.floats(), u = try g["u"]!.floats(), t = try g["t"]!.floats()
+        let y = try g["y"]!.int64s().map { Int($0) }
+        let (v, dx) = net.vjp(x, t: t, y: y, cotangent: u)
+        for (name, got) in [("v", v), ("dx", dx)] {
+            let want = try g[name]!.floats()
+            XCTAssertEqual(got.count, want.count)
+            let scale = want.map(abs).max()!
+            let err = zip(got, want).map { abs($0 - $1) }.max()!
+            XCTAssertLessThanOrEqual(err, 1e-4 * scale, "\(name): max error \(err) against max |ref| \(scale)")
+            print("unet golden \(name): max abs error \(err), relative \(err / scale)")
+        }
+    }
+
     func testInitialisationIsDeterministicAndZeroOutput() throws {
-        for config in [Self.mlpSmall, Self.sitSmall] {
+        for config in [Self.mlpSmall, Self.sitSmall, Self.unetSmall] {
             let a = try VelocityNet.make(config, seed: 3), b = try VelocityNet.make(config, seed: 3)
             let c = try VelocityNet.make(config, seed: 4)
             XCTAssertEqual(a.params.all.map(\.values), b.params.all.map(\.values))
@@ -52,14 +81,15 @@ final class ModelTests: XCTestCase {
             // adaLN-Zero: the untrained network outputs exactly zero
             let x = (0..<(2 * config.sampleDimension)).map { Float($0 % 7) - 3 }
             XCTAssertTrue(a.velocity(x, t: [0.2, 0.8], y: [1, config.numClasses]).allSatisfy { $0 == 0 })
-            XCTAssertTrue(a.params["final_layer.linear.weight"]!.values.allSatisfy { $0 == 0 })
+            let last = config.arch == "unet" ? "conv_out.weight" : "final_layer.linear.weight"
+            XCTAssertTrue(a.params[last]!.values.allSatisfy { $0 == 0 })
             XCTAssertEqual(a.velocity([], t: [], y: []), [], "an empty batch is fine")
         }
     }
 
     /// Samples do not leak into each other: a batch gives the per-sample results.
     func testBatchRowsAreIndependent() throws {
-        for config in [Self.mlpSmall, Self.sitSmall] {
+        for config in [Self.mlpSmall, Self.sitSmall, Self.unetSmall] {
             var g = GradCheck()
             let net = try VelocityNet.make(config, seed: 9)
             for p in net.params.trainable { p.randomize(&g, std: 0.3) }
@@ -92,7 +122,7 @@ final class ModelTests: XCTestCase {
                 for (p, q) in zip(a, b) { XCTAssertEqual(p, q, accuracy: 1e-5 * max(1, abs(q)), what) }
             }
         }
-        for name in ["sit-tiny", "mlp-tiny"] {
+        for name in ["sit-tiny", "mlp-tiny", "unet-tiny"] {
             let net = try VelocityNet.make(ModelConfig.named(name)!, seed: 0)
             net.inferenceChunk = 16
             var g = GradCheck()

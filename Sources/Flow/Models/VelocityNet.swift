@@ -4,7 +4,8 @@ import Numerics
 import TensorStream
 
 /// A trainable velocity network: a `VelocityField` with explicit forward/backward, PyTorch-named
-/// parameters and safetensors checkpoints. Subclasses: `MLPVelocity` ("mlp"), `SiTVelocity` ("sit").
+/// parameters and safetensors checkpoints. Subclasses: `MLPVelocity` ("mlp"), `SiTVelocity` ("sit"),
+/// `UNetVelocity` ("unet").
 ///
 /// Two ways to run it:
 /// - Training (single thread): `forward` then `backward` on this object. Parameter gradients
@@ -33,6 +34,7 @@ open class VelocityNet: VelocityField {
         let net: VelocityNet
         switch config.arch {
         case "mlp": net = MLPVelocity(config: config, params: ParameterSet())
+        case "unet": net = UNetVelocity(config: config, params: ParameterSet())
         default: net = SiTVelocity(config: config, params: ParameterSet())
         }
         var rng = CounterRNG(seed: seed, stream: 0x1D17)
@@ -104,6 +106,7 @@ open class VelocityNet: VelocityField {
     /// differ in the last bits between batch sizes. With a fixed chunk (the last one padded with
     /// zero inputs) every sample goes through identically shaped GEMMs, and its result is
     /// bit-identical whatever batch it arrives in; the padding costs up to chunk - 1 wasted rows.
+    /// SiT keeps 32 (its attention scratch grows with the chunk); MLPVelocity sets 128.
     public var inferenceChunk = 32
 
     /// Runs `body(net, x, t, y, n, u)` over fixed-size chunks (see `inferenceChunk`), writing
