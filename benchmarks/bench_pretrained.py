@@ -9,7 +9,7 @@ downloaded; speed does not depend on their values).
 What is timed, on batch of grey 28x28 images in [-1, 1] (the toolkit's data; both sides resize them):
   PyTorch forward  features of the batch, torch.inference_mode (resize + network)
   PyTorch VJP      the same forward with autograd on the input, then backward of <cot, features>
-  embed            `embed --encoder E --threads T --chunk B/T` on a one-record stream of the batch,
+  embed            `embed --encoder E --threads T` (its default chunk, 8 per worker) on a one-record stream of the batch,
                    minus the same command on an empty record (process start, weight load, zstd)
   score --grad     `discrim score --grad --encoder E --threads T` (features and the VJP through the
                    encoder: what adjoint matching and R1 use), minus the same on an empty record
@@ -114,7 +114,7 @@ def main():
         warm = min(8, B)  # warm-up on a slice: the allocator and kernels, not a whole extra batch
         t_tf = best(torch_forward, lambda: torch_forward(warm), a.repeats)
         t_tv = best(torch_vjp, lambda: torch_vjp(warm), a.repeats)
-        emb = [os.path.join(a.bin, "embed"), "--encoder", weights, "--threads", str(T), "--chunk", str(max(1, B // T)), "--quiet"]
+        emb = [os.path.join(a.bin, "embed"), "--encoder", weights, "--threads", str(T), "--quiet"]
         t_emb = tool_time(emb, full, empty, a.repeats)
         # a discriminator on these features (two steps: only its shape matters for the timing)
         feats = os.path.join(tmp, f"feat-{name}.tzst")

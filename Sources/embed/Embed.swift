@@ -39,8 +39,10 @@ extension Embed {
         var encoder: String?
         @Flag(name: .customLong("pixels"), help: "Identity features: feat = x flattened.")
         var pixels = false
-        @Option(name: .customLong("chunk"), help: "Samples per forward pass (features do not depend on it).")
-        var chunk = 64
+        // Each encoder keeps its own default: 64 for the toolkit's small CNNs, 8 for Inception and
+        // DINOv2, whose activations are ~110 MB an image (a 64-image chunk held 6.8 GB per worker).
+        @Option(name: .customLong("chunk"), help: ArgumentHelp("Samples per forward pass per worker (features do not depend on it; memory grows with it).", discussion: "Default: 64 for encoders written by `embed train`, 8 for Inception-v3 and DINOv2."))
+        var chunk: Int?
 
         @OptionGroup var input: InputOptions
         @OptionGroup var output: OutputOptions
@@ -49,7 +51,7 @@ extension Embed {
 
         func validate() throws {
             if pixels == (encoder != nil) { throw ValidationError("give exactly one of --encoder FILE and --pixels") }
-            if chunk < 1 { throw ValidationError("--chunk must be at least 1") }
+            if let chunk, chunk < 1 { throw ValidationError("--chunk must be at least 1") }
         }
 
         func run() throws {
@@ -67,7 +69,7 @@ extension Embed {
                 } else {
                     let conv = try ConvEncoder.load(path: encoder)
                     conv.parallelism = threads.count
-                    conv.inferenceChunk = chunk
+                    if let chunk { conv.inferenceChunk = chunk }
                     enc = conv
                 }
             }
@@ -90,7 +92,7 @@ extension Embed {
                         throw ToolError("\(encoder) is not a pretrained encoder")
                     }
                     p.parallelism = threads.count
-                    p.inferenceChunk = chunk
+                    if let chunk { p.inferenceChunk = chunk }
                     enc = p
                 }
                 if enc == nil { enc = PixelEncoder(inputShape: Array(x.shape.dropFirst())) }
