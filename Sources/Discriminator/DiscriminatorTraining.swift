@@ -195,14 +195,35 @@ public enum DiscriminatorLoss {
 
     /// grad_x logit for images [B, C*H*W] through the encoder: J^T (dl/df). [B, C*H*W].
     public static func inputGradient(head: ProjectionHead, encoder: FeatureEncoder, images: [Float], labels: [Int]) -> [Float] {
+        featuresAndInputGradient(head: head, encoder: encoder, images: images, labels: labels).grad
+    }
+
+    /// The features phi(x) [B, D] and grad_x logit [B, C*H*W] from one encoder pass per chunk
+    /// (`FeatureEncoder.featuresAndVJP`): the head's cotangent is taken chunk by chunk from the
+    /// features the forward pass has just produced.
+    public static func featuresAndInputGradient(head: ProjectionHead, encoder: FeatureEncoder, images: [Float],
+                                                labels: [Int]) -> (features: [Float], grad: [Float]) {
         let b = labels.count
-        guard b > 0 else { return [] }
-        let f = Encoders.features(encoder, x: images, batch: b)
-        _ = head.logits(f, labels: labels)
-        let ones = [Float](repeating: 1, count: b)
-        let gp = ones.withUnsafeBufferPointer { head.backward($0.baseAddress!, paramGrads: false) }
-        let g = Array(UnsafeBufferPointer(start: gp, count: b * head.config.featureDim))
-        return Encoders.vjp(encoder, x: images, cotangent: g, batch: b)
+        guard b > 0 else { return ([], []) }
+        let D = head.config.featureDim
+        var f = [Float](repeating: 0, count: b * D), dx = [Float](repeating: 0, count: images.count)
+        let lock = NSLock()   // the head keeps its activations: one chunk at a time
+        let cotangent: FeatureCotangent = { feats, first, count, g in
+            lock.lock()
+            defer { lock.unlock() }
+            _ = head.logits(Array(UnsafeBufferPointer(start: feats, count: count * D)), labels: Array(labels[first..<(first + count)]))
+            let ones = [Float](repeating: 1, count: count)
+            let gp = ones.withUnsafeBufferPointer { head.backward($0.baseAddress!, paramGrads: false) }
+            g.update(from: gp, count: count * D)
+        }
+        images.withUnsafeBufferPointer { xp in
+            f.withUnsafeMutableBufferPointer { fp in
+                dx.withUnsafeMutableBufferPointer { dp in
+                    encoder.featuresAndVJP(xp.baseAddress!, batch: b, features: fp.baseAddress!, cotangent: cotangent, into: dp.baseAddress!)
+                }
+            }
+        }
+        return (f, dx)
     }
 }
 

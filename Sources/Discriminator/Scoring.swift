@@ -45,7 +45,7 @@ public struct DiscriminatorScorer {
             }
             features = try f.floats()
         }
-        var images: [Float]?
+        var images: [Float]?, imageGrad: [Float]?
         if grad || features == nil {
             guard let encoder else {
                 if grad { throw DiscriminatorError("{grad} needs the encoder (\(encoderDigest)); pass it with {encoder}") }
@@ -56,7 +56,15 @@ public struct DiscriminatorScorer {
                 throw DiscriminatorError("`x` must be F32 \([b] + encoder.inputShape) for encoder \(encoderDigest), got \(x.dtype.rawValue) \(x.shape)")
             }
             images = try x.floats()
-            let fx = Encoders.features(encoder, x: images!, batch: b)
+            // with the gradient, one encoder pass gives both the features and grad_x logit
+            let fx: [Float]
+            if grad {
+                let both = DiscriminatorLoss.featuresAndInputGradient(head: head, encoder: encoder, images: images!, labels: labels)
+                fx = both.features
+                imageGrad = both.grad
+            } else {
+                fx = Encoders.features(encoder, x: images!, batch: b)
+            }
             if let given = features {
                 var worst: Float = 0, scale: Float = 1
                 for i in 0..<given.count { worst = max(worst, abs(given[i] - fx[i])); scale = max(scale, abs(fx[i])) }
@@ -69,8 +77,7 @@ public struct DiscriminatorScorer {
         let logits = head.logits(features!, labels: labels)
         if logits.contains(where: { !$0.isFinite }) { throw DiscriminatorError("the discriminator's logit is NaN or Inf") }
         out["reward"] = Tensor(logits, shape: [b])
-        if grad, let encoder, let images {
-            let g = DiscriminatorLoss.inputGradient(head: head, encoder: encoder, images: images, labels: labels)
+        if grad, let encoder, let g = imageGrad {
             out["reward.grad"] = Tensor(g, shape: [b] + encoder.inputShape)
         }
         out.metadata["encoder"] = encoderDigest

@@ -144,6 +144,53 @@ final class PretrainedEncoderTests: XCTestCase {
                                        tags: ["grey", "rgb"], e: 1e-2, tolerance: 1e-2)
     }
 
+    /// `featuresAndVJP` (one forward pass per chunk, the cotangent taken from that chunk's
+    /// features) gives the bits of `features` then `featureVJP`, with a padded last chunk and two
+    /// workers; and `discrim score --grad`'s path through a feature-dependent (mlp) head gives the
+    /// bits of the head's gradient pushed through `featureVJP`.
+    func testOnePassFeaturesAndVJPMatchTwoPasses() throws {
+        for (weights, golden) in [("enc_dinov2_tiny.safetensors", "enc_dinov2_tiny_golden.safetensors"),
+                                  ("enc_inception_w32.safetensors", "enc_inception_w32_golden.safetensors")] {
+            let g = try Checkpoint.read(Self.folder.appendingPathComponent(golden).path)
+            let xt = g["x_grey"]!, x0 = try xt.floats(), shape = Array(xt.shape.dropFirst())
+            // three images (the golden's, then its first flipped): chunks of 2 leave a padded last one
+            let P = shape.reduce(1, *), x = x0 + x0[0..<P].reversed(), batch = x.count / P
+            XCTAssertEqual(batch % 2, 1)
+            var enc = try encoder(weights: weights, golden: g, tag: "grey", shape: shape)
+            enc.inferenceChunk = 2
+            enc.parallelism = 2
+            let D = enc.featureDimension
+            let cotangentOf: ([Float]) -> [Float] = { f in f.indices.map { 0.5 * f[$0] * f[$0] + Float($0 % D) / Float(D) - 0.3 } }
+            let f2 = enc.features(x, batch: batch)
+            let dx2 = enc.featureVJP(x, batch: batch, cotangent: cotangentOf(f2))
+            var f1 = [Float](repeating: .nan, count: batch * D), dx1 = [Float](repeating: .nan, count: x.count)
+            let lock = NSLock()
+            x.withUnsafeBufferPointer { xp in f1.withUnsafeMutableBufferPointer { fp in dx1.withUnsafeMutableBufferPointer { dp in
+                enc.featuresAndVJP(xp.baseAddress!, batch: batch, features: fp.baseAddress!, cotangent: { feats, first, count, gp in
+                    lock.lock(); defer { lock.unlock() }
+                    let c = cotangentOf(Array(UnsafeBufferPointer(start: feats, count: count * D)))
+                    for i in 0..<(count * D) { gp[i] = c[i] }
+                    XCTAssertEqual(first % 2, 0)
+                }, into: dp.baseAddress!)
+            } } }
+            XCTAssertEqual(f1, f2, "\(weights): features")
+            XCTAssertEqual(dx1, dx2, "\(weights): VJP")
+            XCTAssertGreaterThan(dx2.map { abs($0) }.max()!, 0)
+
+            let head = try ProjectionHead(config: DiscriminatorConfig(head: "mlp", featureDim: D, width: 8, numClasses: 3), seed: 4)
+            let labels = (0..<batch).map { $0 % 3 }
+            let both = DiscriminatorLoss.featuresAndInputGradient(head: head, encoder: enc, images: x, labels: labels)
+            var headGrad = [Float]()
+            for b in 0..<batch {   // the head's d logit / d phi, one sample at a time
+                _ = head.logits(Array(f2[(b * D)..<((b + 1) * D)]), labels: [labels[b]])
+                let gp = [Float](repeating: 1, count: 1).withUnsafeBufferPointer { head.backward($0.baseAddress!, paramGrads: false) }
+                headGrad += Array(UnsafeBufferPointer(start: gp, count: D))
+            }
+            XCTAssertEqual(both.features, f2)
+            XCTAssertLessThanOrEqual(relative(both.grad, enc.featureVJP(x, batch: batch, cotangent: headGrad)), 1e-6, weights)
+        }
+    }
+
     func testUnknownTensorIsRefused() throws {
         let dir = try TestSupport.temporaryDirectory()
         let src = try Checkpoint.read(Self.folder.appendingPathComponent("enc_dinov2_tiny.safetensors").path)

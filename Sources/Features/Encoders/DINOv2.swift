@@ -150,6 +150,13 @@ public final class DINOv2Encoder: ParallelFeatureEncoder {
     public func featureVJP(_ x: UnsafePointer<Float>, batch: Int, cotangent g: UnsafePointer<Float>, into dx: UnsafeMutablePointer<Float>) {
         runner.run(x, batch: batch, cotangent: g, features: nil, inputGrad: dx)
     }
+
+    public func featuresAndVJP(_ x: UnsafePointer<Float>, batch: Int, features out: UnsafeMutablePointer<Float>,
+                               cotangent: FeatureCotangent, into dx: UnsafeMutablePointer<Float>) {
+        withoutActuallyEscaping(cotangent) { c in
+            runner.run(x, batch: batch, cotangent: nil, cotangentOf: c, features: out, inputGrad: dx)
+        }
+    }
 }
 
 /// One pre-norm ViT block with layer scale.

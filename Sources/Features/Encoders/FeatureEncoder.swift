@@ -15,6 +15,30 @@ public protocol FeatureEncoder {
 
     /// Vector-Jacobian product: dx[b] = (d phi(x[b]) / d x)^T g[b], g is [batch, D], dx [batch, C*H*W].
     func featureVJP(_ x: UnsafePointer<Float>, batch: Int, cotangent g: UnsafePointer<Float>, into dx: UnsafeMutablePointer<Float>)
+
+    /// Features and the VJP of a cotangent computed from them (a discriminator's d logit / d phi),
+    /// from one forward pass where the encoder can keep its activations (Inception, DINOv2: one
+    /// pass per chunk instead of two). `cotangent(features, first, count, g)` fills g [count, D]
+    /// for samples first..<first+count from their features [count, D]; it may be called from
+    /// several threads at once. Bit-identical to `features` followed by `featureVJP`.
+    func featuresAndVJP(_ x: UnsafePointer<Float>, batch: Int, features out: UnsafeMutablePointer<Float>,
+                        cotangent: FeatureCotangent, into dx: UnsafeMutablePointer<Float>)
+}
+
+/// Fills g [count, D] for samples first..<first+count from their features [count, D].
+public typealias FeatureCotangent = (_ features: UnsafePointer<Float>, _ first: Int, _ count: Int, _ g: UnsafeMutablePointer<Float>) -> Void
+
+extension FeatureEncoder {
+    /// Two passes: the features, then the VJP (which runs its own forward).
+    public func featuresAndVJP(_ x: UnsafePointer<Float>, batch: Int, features out: UnsafeMutablePointer<Float>,
+                               cotangent: FeatureCotangent, into dx: UnsafeMutablePointer<Float>) {
+        guard batch > 0 else { return }
+        features(x, batch: batch, into: out)
+        let g = UnsafeMutablePointer<Float>.allocate(capacity: batch * featureDimension)
+        defer { g.deallocate() }
+        cotangent(out, 0, batch, g)
+        featureVJP(x, batch: batch, cotangent: g, into: dx)
+    }
 }
 
 /// Identity features: phi(x) = flattened x. The `--pixels` space, and a test double.

@@ -43,7 +43,10 @@ final class ChunkedRunner {
         lock.unlock()
     }
 
+    /// The cotangent of the VJP is either given (`cotangent`) or computed from each chunk's
+    /// features (`cotangentOf`), so one forward pass serves both the features and the VJP.
     func run(_ x: UnsafePointer<Float>, batch: Int, cotangent g: UnsafePointer<Float>?,
+             cotangentOf: FeatureCotangent? = nil,
              features out: UnsafeMutablePointer<Float>?, inputGrad dx: UnsafeMutablePointer<Float>?) {
         guard batch > 0 else { return }
         let D = sampleDimension, F = featureDimension
@@ -72,6 +75,12 @@ final class ChunkedRunner {
                 }
                 let f = net.forward(xs, batch: chunk)
                 if let oa { (UnsafeMutablePointer<Float>(bitPattern: oa)! + s0 * F).update(from: f, count: n * F) }
+                if let cotangentOf {
+                    // padded rows get a zero cotangent, as `featureVJP` gives them
+                    let pg = padG.zeroed(chunk * F)
+                    cotangentOf(UnsafePointer(f), s0, n, pg)
+                    gs = UnsafePointer(pg)
+                }
                 if let gs, let da {
                     let d = net.backward(gs)
                     (UnsafeMutablePointer<Float>(bitPattern: da)! + s0 * D).update(from: d, count: n * D)
