@@ -77,7 +77,7 @@ public struct DiscriminatorScorer {
         let logits = head.logits(features!, labels: labels)
         if logits.contains(where: { !$0.isFinite }) { throw DiscriminatorError("the discriminator's logit is NaN or Inf") }
         out["reward"] = Tensor(logits, shape: [b])
-        if grad, let encoder, let g = imageGrad {
+        if let encoder, let g = imageGrad {
             out["reward.grad"] = Tensor(g, shape: [b] + encoder.inputShape)
         }
         out.metadata["encoder"] = encoderDigest

@@ -146,8 +146,8 @@ final class PretrainedEncoderTests: XCTestCase {
 
     /// `featuresAndVJP` (one forward pass per chunk, the cotangent taken from that chunk's
     /// features) gives the bits of `features` then `featureVJP`, with a padded last chunk and two
-    /// workers; and `discrim score --grad`'s path through a feature-dependent (mlp) head gives the
-    /// bits of the head's gradient pushed through `featureVJP`.
+    /// workers; and `discrim score --grad`'s path through a feature-dependent (mlp) head agrees
+    /// (1e-6) with the head's per-sample gradient pushed through `featureVJP`.
     func testOnePassFeaturesAndVJPMatchTwoPasses() throws {
         for (weights, golden) in [("enc_dinov2_tiny.safetensors", "enc_dinov2_tiny_golden.safetensors"),
                                   ("enc_inception_w32.safetensors", "enc_inception_w32_golden.safetensors")] {
