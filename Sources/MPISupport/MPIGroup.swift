@@ -39,6 +39,9 @@ public final class MPIGroup: DataParallelGroup {
     /// failing rank rethrows its error (ToolMain prints it as the one line) and every other rank
     /// leaves MPI and exits 1 without a word. A phase ends at the same point on every rank, so no
     /// rank waits forever in a collective that another one skipped.
+    /// A closed standard output (`| head`) is not a failure for one process (it exits quietly,
+    /// status 0), so it is not one here: when no rank failed otherwise, every rank leaves MPI and
+    /// exits 0 without a word. Any other failure, on any rank, wins over it.
     /// Phases nest (a step inside the whole run): an error that already went through the
     /// agreement of an inner phase is passed on as it is, without a second one (the other ranks
     /// have left by then).
@@ -46,15 +49,21 @@ public final class MPIGroup: DataParallelGroup {
         var result: T?
         var failure: Error?
         do { result = try body() } catch let agreed as AgreedError { throw agreed } catch { failure = error }
-        var lowest = Int32(failure == nil ? size : rank)
-        let rc = drl_mpi_min_int(&lowest)
+        // The minimum over ranks of: rank (failed), size + rank (closed pipe), 2 size (done).
+        var outcome = Int32(failure == nil ? 2 * size : failure is BrokenPipe ? size + rank : rank)
+        let rc = drl_mpi_min_int(&outcome)
         guard rc == 0 else {
             fputs("\(tool): error: MPI_Allreduce failed (MPI error \(rc)) on rank \(rank)\n", stderr)
             drl_mpi_abort(1)
             exit(1)
         }
-        if Int(lowest) == size { return result! }
-        if Int(lowest) == rank, let failure {
+        let lowest = Int(outcome)
+        if lowest == 2 * size { return result! }
+        if lowest >= size {
+            finish()
+            exit(0)
+        }
+        if lowest == rank, let failure {
             let text = (failure as? NamesSettings).map { SettingNames.flags($0.template) } ?? "\(failure)"
             throw AgreedError(message: rank == 0 ? text : "rank \(rank) of \(size): \(text)")
         }

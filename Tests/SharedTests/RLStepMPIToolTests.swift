@@ -177,6 +177,20 @@ final class RLStepMPIToolTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/" + noFile), "\(noFile) was written", file: file, line: line)
     }
 
+    /// The metrics line on a closed standard output (`mpirun ... rlstep | true`): as for one
+    /// process, the checkpoint is kept and every rank exits quietly with status 0 (before: rank 0
+    /// printed `rlstep: error: BrokenPipe()` and the job failed).
+    func testClosedStandardOutputExitsQuietly() throws {
+        let cmd = command("am", "am.tzst", "--lambda 2", out: "piped.safetensors")
+            .replacingOccurrences(of: "--metrics piped.safetensors.jsonl", with: "")
+        let r = try shell("\(mpirun) -np 2 \(cmd) | true; echo \"status ${PIPESTATUS[0]}\"")
+        XCTAssertEqual(String(decoding: r.stdout, as: UTF8.self), "status 0\n", r.stderr)
+        XCTAssertFalse(r.stderr.contains("rlstep:"), r.stderr)
+        let one = try shell(command("am", "am.tzst", "--lambda 2", out: "piped-one.safetensors"))
+        XCTAssertEqual(one.status, 0, one.stderr)
+        XCTAssertLessThanOrEqual(try maxDifference("piped.safetensors", "piped-one.safetensors"), 1e-6)
+    }
+
     /// A rank that fails ends every rank, with one `rlstep:` line, a non-zero exit and no
     /// checkpoint: rank 1 cannot read its buffer (mpirun's MPMD form gives it another path);
     /// rank 1's records lack what AM needs (found while preparing, after the buffer was read);
