@@ -49,6 +49,9 @@ public final class AdjointMatching: RLObjective {
     /// [N, S, D] stop-gradient buffers.
     private var vBase: [Float] = []
     private var adjoint: [Float] = []
+    /// Wall-clock seconds of `prepare`'s two parts on this rank (`rlstep --profile`): the lean
+    /// adjoint (S reference VJPs and the base velocities) and the path KL (S policy forwards).
+    public private(set) var prepareStages: [(String, Double)] = []
     private var sigmas: [Double] = []
     private var strataLow: [Int] = [], strataHigh: [Int] = []
     private var klStart = 0.0, adjTerminal = 0.0, adjStart = 0.0
@@ -133,8 +136,10 @@ public final class AdjointMatching: RLObjective {
         offset = s.memorylessOffset
         let N = buf.count
         let terminal = grad.map { Float(-options.lambda * Double($0)) }
+        let started = Date()
         (adjoint, vBase) = Self.leanAdjoint(reference: ctx.reference, trajectory: buf.trajectory, times: times,
                                             labels: buf.labels, terminal: terminal, offset: offset)
+        let adjointDone = Date()
         sigmas = (0..<S).map { Self.sigma(times[$0], offset: offset) }
         (strataLow, strataHigh) = Self.strata(times: times, split: options.split)
         func norm(_ v: [Float], _ i: Int, _ base: Int) -> Double {
@@ -157,6 +162,7 @@ public final class AdjointMatching: RLObjective {
                 kl += h / 2 * ss / Double(D)
             }
         }
+        prepareStages = [("lean_adjoint", adjointDone.timeIntervalSince(started)), ("path_kl", Date().timeIntervalSince(adjointDone))]
         return [terminalSum, startSum, kl]
     }
 

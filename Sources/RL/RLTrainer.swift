@@ -30,6 +30,11 @@ public final class RLTrainer {
     public let startStep: Int
     public let options: RLTrainOptions
     public private(set) var step: Int
+    /// Wall-clock seconds of the round's stages, in order (`rlstep --profile`): prepare (the
+    /// checks, the gathers and the objective's stop-gradient quantities), gradients (the
+    /// objective's forward and backward passes, and the all-reduce under a shard), optimizer
+    /// (clip, AdamW, EMA) and finish (the weight and velocity checks, the metrics).
+    public private(set) var stageSeconds: [(String, Double)] = []
 
     public init(model: VelocityNet, reference: VelocityNet, optimizer: AdamW, ema: EMA, step: Int, options: RLTrainOptions) {
         self.model = model
@@ -65,6 +70,9 @@ public final class RLTrainer {
     /// the gradients are summed over the ranks before every optimizer step (so the weights stay
     /// identical on every rank), and the metrics are the whole round's on every rank.
     public func run(objective: RLObjective, buffer: RolloutBuffer, shard: RLShard? = nil) throws -> [(String, Double)] {
+        var clock = Date()
+        func lap() -> Double { let now = Date(); defer { clock = now }; return now.timeIntervalSince(clock) }
+        stageSeconds = []
         // Checks of this rank's own buffer; a rank that fails stops all of them here.
         let sampler: Sampler
         if let shard {
@@ -75,6 +83,8 @@ public final class RLTrainer {
         if let shard { try Self.gatherGlobal(shard, buffer: buffer) }
         let ctx = RLContext(model: model, reference: reference, sampler: sampler, buffer: buffer, shard: shard)
         try objective.prepare(ctx)
+        stageSeconds.append(("prepare", lap()))
+        var gradientSeconds = 0.0, optimizerSeconds = 0.0
         var rng = CounterRNG(seed: options.seed &+ UInt64(startStep) &* 0x9E37_79B9_7F4A_7C15, stream: 0x7157)
         let train = objective.trainable
         let warm = LinearWarmup(base: options.lr, warmupSteps: options.warmup)
@@ -94,6 +104,7 @@ public final class RLTrainer {
                 // sees the same numbers on every rank, so all of them stop together.
                 let loss = try objective.accumulateGradients(ctx, samples: batch, rng: &rng)
                 if let shard { try allReduceGradients(optimizer.parameters, group: shard.group, scratch: &reduceScratch) }
+                gradientSeconds += lap()
                 guard loss.isFinite else { throw RLError("the \(objective.name) loss is \(loss) at update \(losses.count + 1); no checkpoint written") }
                 let norm = clipGradNorm(optimizer.parameters, maxNorm: options.maxGradNorm > 0 ? options.maxGradNorm : .infinity)
                 guard norm.isFinite else { throw RLError("the gradient norm is \(norm) at update \(losses.count + 1); no checkpoint written") }
@@ -101,11 +112,14 @@ public final class RLTrainer {
                 lastLR = Double(lr)
                 optimizer.step(lr: lr)
                 ema.update()
+                optimizerSeconds += lap()
                 step += 1
                 losses.append(loss)
                 norms.append(norm)
             }
         }
+        stageSeconds += [("gradients", gradientSeconds), ("optimizer", optimizerSeconds)]
+        _ = lap()
         for p in model.params.all {
             for j in 0..<p.count where !p.value[j].isFinite {
                 throw RLError("parameter \(p.name) is NaN or Inf after the update; no checkpoint written")
@@ -142,6 +156,7 @@ public final class RLTrainer {
             try st.add(terms: terms, channels: shape[1])
             m += st.values.map { ("image_" + $0.name, $0.value) }
         }
+        stageSeconds.append(("finish", lap()))
         return m
     }
 

@@ -76,6 +76,8 @@ struct RLStep: ParsableCommand {
     @Option(name: .customLong("adv-clip"), help: "grpo/crd/nft: advantage clip.") var advClip = 5.0
     @Flag(name: .customLong("ratio-norm"), help: "grpo: GRPO-Guard ratio normalisation (docs/algorithms.md 5.4).") var ratioNorm = false
 
+    @Flag(name: .customLong("profile"), help: "Print the wall-clock of each stage of the round (read, prepare, gradients, optimizer, finish, write) to stderr.") var profile = false
+
     @OptionGroup(title: "crd / nft") var fp: ForwardProcessFlags
     @OptionGroup var threads: ThreadOptions
 
@@ -193,8 +195,10 @@ struct RLStep: ParsableCommand {
 
     func round(group: DataParallelGroup?) throws {
         let lead = (group?.rank ?? 0) == 0
+        let started = Date()
         // Every rank reads the checkpoints and its part of the buffer; one that fails stops all here.
         let start = try phase(group) { try setUp(group: group) }
+        let read = Date().timeIntervalSince(started)
         let (metricsFile, net, reference, digest, refDigest) = (start.metricsFile, start.net, start.reference, start.digest, start.refDigest)
         let (optimizer, ema, objective, buffer) = (start.optimizer, start.ema, start.objective, start.buffer)
         var o = RLTrainOptions()
@@ -204,9 +208,22 @@ struct RLStep: ParsableCommand {
         // The round runs its own phases; its checks see the same numbers on every rank.
         let m = try trainer.run(objective: objective, buffer: buffer, shard: start.shard)
         // Rank 0 alone writes; the others wait for its outcome (a failed write stops them all).
+        let writing = Date()
         try phase(group) {
             guard lead else { return }
             try write(m, trainer: trainer, start: start, metricsFile: metricsFile, digest: digest, refDigest: refDigest)
+        }
+        if profile && lead {
+            // One line, after the checkpoint is written (a failed round prints none). Rank 0's
+            // stages under mpirun.
+            let stages = [("read", read)] + trainer.stageSeconds + [("write", Date().timeIntervalSince(writing))]
+            let prepare = (objective as? AdjointMatching)?.prepareStages ?? []
+            let text = stages.map { name, secs in
+                let inner = name == "prepare" && !prepare.isEmpty
+                    ? " (" + prepare.map { "\($0.0) \(String(format: "%.3f", $0.1))" }.joined(separator: ", ") + ")" : ""
+                return "\(name) \(String(format: "%.3f", secs)) s" + inner
+            }
+            printError("rlstep: profile: " + text.joined(separator: ", ") + ", total \(String(format: "%.3f", Date().timeIntervalSince(started))) s")
         }
     }
 

@@ -92,6 +92,34 @@ final class RLToolTests: XCTestCase {
         XCTAssertTrue(String(decoding: try readFile(f.dir + "/m.jsonl"), as: UTF8.self).contains("\"step_start\":4"))
     }
 
+    /// `--profile` adds one stderr line of stage times (am: the two parts of prepare) and changes
+    /// neither the checkpoint nor the metrics; a failed round prints no profile.
+    func testProfilePrintsStagesWithoutChangingTheResult() throws {
+        let f = try files()
+        let buf = try buffer(model: f.model, kind: .memorylessLL)
+        let plain = try rlstep(f, algo: "am", stdin: buf, out: f.dir + "/plain.safetensors")
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+        let prof = try rlstep(f, algo: "am", stdin: buf, out: f.dir + "/prof.safetensors", extra: ["--profile"])
+        XCTAssertEqual(prof.status, 0, prof.stderr)
+        XCTAssertEqual(try readFile(f.dir + "/plain.safetensors"), try readFile(f.dir + "/prof.safetensors"))
+        XCTAssertEqual(plain.stdout, prof.stdout)
+        let lines = prof.stderr.split(separator: "\n").filter { $0.hasPrefix("rlstep: profile: ") }
+        XCTAssertEqual(lines.count, 1, prof.stderr)
+        let line = String(lines.first ?? "")
+        var at = line.startIndex
+        for stage in ["read ", "prepare ", "(lean_adjoint ", "path_kl ", "gradients ", "optimizer ", "finish ", "write ", "total "] {
+            guard let r = line.range(of: stage, range: at..<line.endIndex) else { return XCTFail("no \(stage)in order: \(line)") }
+            at = r.upperBound
+        }
+        let grpo = try rlstep(f, algo: "grpo", stdin: buf, out: f.dir + "/g.safetensors", extra: ["--profile"])
+        XCTAssertEqual(grpo.status, 0, grpo.stderr)
+        XCTAssertTrue(grpo.stderr.contains("rlstep: profile: read ") && !grpo.stderr.contains("lean_adjoint"), grpo.stderr)
+        let bad = try rlstep(f, algo: "am", stdin: try buffer(model: f.model, kind: .memorylessLL, drop: ["reward.grad"]),
+                             out: f.dir + "/bad.safetensors", extra: ["--profile"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertFalse(bad.stderr.contains("profile"), bad.stderr)
+    }
+
     /// A `train` checkpoint (EMA and optimizer state, no `rl.algo`) starts the policy from its EMA
     /// weights with fresh state, and the reference is its EMA too (what `sample` draws by default);
     /// `--raw-start` takes the raw weights instead.
