@@ -24,7 +24,10 @@ DISC_HEAD=${DISC_HEAD:-linear}
 DISC_MAX_STEPS=${DISC_MAX_STEPS:-3000}  # early stopping on held-out loss usually ends it sooner
 R1=${R1:-0}                            # R1 weight gamma on the real logit's image gradient
 DISC=${DISC:-$RUN/disc-$DISC_HEAD-r1_$R1.safetensors}   # shared by every run on this base
-REWARD=${REWARD:-discrim}              # discrim (the DRL logit) | brightness (a deliberately hackable reward: no stage 1)
+REWARD=${REWARD:-discrim}              # discrim (the DRL logit) | brightness | confidence (deliberately hackable rewards: no stage 1)
+REWARD_CLASSIFIER=${REWARD_CLASSIFIER:-}  # REWARD=confidence: a classifier (embed train --kind classifier) whose
+                                       # softmax probability of the requested class is the reward; not the
+                                       # evaluation encoder, which judges the result. grpo, crd, nft only.
 # Beyond the paper (which holds the discriminator fixed): every DISC_REFRESH rounds, warm-start the
 # discriminator (`discrim train --init-from`, Adam state kept) on DISC_REFRESH_FAKE fresh samples of
 # the current policy against the same real images. The KL anchor (--ref) stays on the base.
@@ -61,6 +64,10 @@ log() { echo "drl[$NAME]: $*" >&2; }
 for f in "$BASE" "$RUN/train.tzst" $([ "$ENC_DISC" = pixels ] || echo "$ENC_DISC"); do
   [ -s "$f" ] || { echo "drl: $f missing; run pipelines/prepare-data.sh and pipelines/pretrain.sh first" >&2; exit 1; }
 done
+if [ "$REWARD" = confidence ]; then
+  [ -s "$REWARD_CLASSIFIER" ] || { echo "drl: REWARD=confidence needs REWARD_CLASSIFIER=<a classifier checkpoint>" >&2; exit 2; }
+  [ "$ALGO" != am ] || { echo "drl: REWARD=confidence has no image gradient; use ALGO=grpo, crd or nft" >&2; exit 2; }
+fi
 if [ -n "$EMBED" ] && [ "$ALGO" = am ]; then
   echo "drl: ALGO=am needs the reward's image gradient through a Swift encoder; use EMBED with grpo (or crd, nft)" >&2; exit 2
 fi
@@ -107,9 +114,15 @@ if [ "$EVAL_EVERY" -gt 0 ] && ! grep -q "^$base_label	0	" "$RESULTS" 2>/dev/null
   log "  eval $base_label: $(grep "^$base_label	0	" "$RESULTS" | cut -f3-6 | tr '\t' ' ') (fd_eval fd_simclr kid kid_se)"
 fi
 
+confidence_reward() {  # the classifier's logits, then their softmax probability of y as the reward
+  embed classify --encoder "$REWARD_CLASSIFIER" --threads "$THREADS" --quiet | tensors reward --class-confidence
+}
 score_with() {  # $1 = discriminator checkpoint: sets the scoring stage
   if [ "$REWARD" = brightness ]; then
     score=(tensors reward --brightness)
+  elif [ "$REWARD" = confidence ]; then
+    score=(confidence_reward)
+    return 0
   else
     score=(discrim score --model "$1" --threads "$THREADS")
     # discrim recomputes the features from x through the encoder (with --grad, their image gradient

@@ -136,6 +136,39 @@ final class RLForwardProcessToolTests: XCTestCase {
         XCTAssertTrue(none.stderr.contains("no sampling snapshot"), none.stderr)
     }
 
+    /// `tensors reward --class-confidence`: softmax(logits)[y] per sample (the `logits` of
+    /// `embed classify`), a stale reward.grad dropped; one clear line for a null label, missing
+    /// logits, non-finite logits, and --grad (no image gradient behind a classifier stage).
+    func testClassConfidenceReward() throws {
+        let logits: [Float] = [2, 0, -1, 0, 0, 0, 1000, 999, 0]
+        let rec = Record([("x", Tensor([Float](repeating: 0, count: 3), shape: [3, 1, 1, 1])), ("y", Tensor([Int64(0), 2, 1], shape: [3])),
+                          ("logits", Tensor(logits, shape: [3, 3])), ("reward.grad", Tensor([Float](repeating: 9, count: 3), shape: [3, 1, 1, 1]))])
+        let r = try TestSupport.run("tensors", ["reward", "--class-confidence"], stdin: try TestSupport.streamBytes([rec]))
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let out = try TestSupport.readAll(r.stdout)
+        let got = try out[0]["reward"]!.floats()
+        let e2 = exp(2.0), e1 = exp(-1.0)
+        let want = [e2 / (e2 + 1 + e1), 1.0 / 3, exp(-1.0) / (1 + exp(-1.0) + exp(-1000.0))]
+        for i in 0..<3 { XCTAssertEqual(Double(got[i]), want[i], accuracy: 1e-6, "sample \(i)") }
+        XCTAssertNil(out[0]["reward.grad"], "a stale reward.grad must not survive")
+        XCTAssertEqual(try out[0]["logits"]!.floats(), logits)
+        func fails(_ records: [Record], _ needle: String, args: [String] = ["reward", "--class-confidence"]) throws {
+            let f = try TestSupport.run("tensors", args, stdin: try TestSupport.streamBytes(records))
+            XCTAssertNotEqual(f.status, 0)
+            // runtime errors are one line; usage errors (flags) get ArgumentParser's usage lines too
+            if !args.contains("--grad") && !args.contains("--brightness") { XCTAssertEqual(f.stderr.split(separator: "\n").count, 1, f.stderr) }
+            XCTAssertTrue(f.stderr.contains(needle), f.stderr)
+        }
+        var null = rec; null["y"] = Tensor([Int64(0), 3, 1], shape: [3])
+        try fails([null], "label 3 of sample 1")
+        var noLogits = rec; noLogits["logits"] = nil
+        try fails([noLogits], "logits")
+        var nan = rec; nan["logits"] = Tensor([Float.nan] + logits.dropFirst(), shape: [3, 3])
+        try fails([nan], "NaN")
+        try fails([rec], "no image gradient", args: ["reward", "--class-confidence", "--grad"])
+        try fails([rec], "choose one reward", args: ["reward", "--class-confidence", "--brightness"])
+    }
+
     func testBrightnessReward() throws {
         let x: [Float] = [-1, 0, 0.5, 1, 0.2, 0.2, 0.2, 0.2]
         var rec = Record([("x", Tensor(x, shape: [2, 1, 2, 2])), ("y", Tensor([Int64(3), 4], shape: [2])),
