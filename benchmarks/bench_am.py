@@ -19,13 +19,10 @@ the path KL, the loss and the gradient norm (goal: 1e-4 relative).
 """
 
 import argparse
-import io
 import json
 import math
 import os
 import re
-import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -35,22 +32,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-
-
-def read_stream(data):
-    """zstd frames -> safetensors records (the README's reader)."""
-    import zstandard
-    from safetensors.numpy import load
-
-    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True).read()
-    records, pos = [], 0
-    while pos < len(raw):
-        (n,) = struct.unpack("<Q", raw[pos:pos + 8])
-        header = json.loads(raw[pos + 8:pos + 8 + n])
-        end = pos + 8 + n + max([v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"] + [0])
-        records.append((load(raw[pos:end]), header.get("__metadata__", {})))
-        pos = end
-    return records
+from bench_engine import read_stream  # noqa: E402  (the README's ten-line stream reader)
 
 
 def swift_round(args, extra, out):

@@ -126,11 +126,17 @@ struct RLStep: ParsableCommand {
         var shard: RLShard?
     }
 
+    /// Whether two paths name the same file (device and inode; false when either cannot be stat'ed).
+    func sameFile(_ a: String, _ b: String) -> Bool {
+        var sa = stat(), sb = stat()
+        return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino
+    }
+
     func setUp(group: DataParallelGroup?) throws -> Start {
         let lead = (group?.rank ?? 0) == 0
         // Opened first, so an unwritable metrics path fails before any work or output.
         let metricsFile = lead ? try metrics.map { try TextFile(path: $0) } : nil
-        let record = try Checkpoint.read(model)
+        let (record, digest) = try Checkpoint.readDigested(model)
         guard record.metadata["arch"] != nil else { throw ToolError("\(model) is not a velocity-model checkpoint (no `arch` metadata)") }
         // A checkpoint rlstep did not write (a `train` base) starts the policy from the weights
         // `sample` draws by default (its EMA), with fresh optimizer and EMA state; an rlstep
@@ -138,10 +144,10 @@ struct RLStep: ParsableCommand {
         let hasEMA = { (r: Record) in r.names.contains(where: { $0.hasPrefix("ema.") }) }
         let continuing = record.metadata["rl.algo"] != nil
         let net = try VelocityNet.load(from: record, ema: !continuing && hasEMA(record) && !rawStart)
-        let refRecord = try Checkpoint.read(ref)
+        // The first round of a run has --model and --ref the same file: read it once.
+        let (refRecord, refDigest) = sameFile(model, ref) ? (record, digest) : try Checkpoint.readDigested(ref)
         guard refRecord.metadata["arch"] != nil else { throw ToolError("\(ref) is not a velocity-model checkpoint (no `arch` metadata)") }
         let reference = try VelocityNet.load(from: refRecord, ema: hasEMA(refRecord) && !refRaw)
-        let digest = try Checkpoint.digest(model), refDigest = try Checkpoint.digest(ref)
 
         let optimizer = AdamW(net.params, lr: lr, weightDecay: weightDecay)
         if continuing && record.metadata[AdamW.stepKey] != nil { try optimizer.load(from: record) }

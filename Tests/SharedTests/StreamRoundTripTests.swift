@@ -22,3 +22,26 @@ final class DigestTests: XCTestCase {
         XCTAssertEqual(SHA256.hex([UInt8](repeating: 0x61, count: 1_000_000)), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
     }
 }
+
+final class FileReadTests: XCTestCase {
+    /// `readFile` reads a file whole (empty, below and above its 64 KiB chunk), and
+    /// `Checkpoint.readDigested` gives what `read` and `digest` give from one read.
+    func testReadFileAndReadDigested() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        for n in [0, 1, 65_535, 65_536, 1_000_003] {
+            let bytes = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+            let path = dir + "/f\(n)"
+            FileManager.default.createFile(atPath: path, contents: Data(bytes))
+            XCTAssertEqual(try readFile(path), bytes, "\(n) bytes")
+        }
+        let record = Record([("w", Tensor([1, 2, 3] as [Float], shape: [3]))], metadata: ["config": "{}"])
+        try Checkpoint.write(record, to: dir + "/c.safetensors")
+        let (back, digest) = try Checkpoint.readDigested(dir + "/c.safetensors")
+        XCTAssertEqual(back["w"], record["w"])
+        XCTAssertEqual(back.metadata["config"], "{}")
+        XCTAssertEqual(digest, try Checkpoint.digest(dir + "/c.safetensors"))
+        XCTAssertThrowsError(try Checkpoint.readDigested(dir + "/f1"))
+        XCTAssertThrowsError(try readFile(dir + "/missing"))
+        XCTAssertThrowsError(try readFile(dir))
+    }
+}
