@@ -13,10 +13,11 @@ public final class MPIGroup: DataParallelGroup {
     /// The tool's name, for the one line printed when MPI itself fails.
     let tool: String
 
-    /// Joins the world when launched by mpirun (OMPI_COMM_WORLD_SIZE set); nil otherwise, so the
-    /// MPI build run on its own is the single-process tool.
+    /// Joins the world when an MPI launcher started the process (mpirun, or Slurm's `srun
+    /// --mpi=pmix`, which sets PMIX_RANK but no OMPI_* variable: `Launch.byMPILauncher`); nil
+    /// otherwise, so the MPI build run on its own is the single-process tool.
     public static func join(tool: String) throws -> MPIGroup? {
-        guard ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"] != nil else { return nil }
+        guard Launch.byMPILauncher else { return nil }
         var r: Int32 = 0, s: Int32 = 0
         let rc = drl_mpi_init(&r, &s)
         guard rc == 0 else { throw ToolError("MPI_Init failed (MPI error \(rc))") }

@@ -95,6 +95,7 @@ struct RLStep: ParsableCommand {
     func run() throws {
         threads.apply()
         #if DRL_MPI
+        try Launch.refuseReplicatedTasks(mpiBuild: true)
         // Under mpirun: rank r reads the records j with j % K == r of the buffer, every rank
         // draws the same minibatches and computes the rows of its samples, the gradients (and
         // the batch statistics the objectives need) are summed before every step, and rank 0
@@ -105,6 +106,8 @@ struct RLStep: ParsableCommand {
             group.finish()
             return
         }
+        #else
+        try Launch.refuseReplicatedTasks(mpiBuild: false)
         #endif
         try round(group: nil)
     }

@@ -121,6 +121,7 @@ struct Train: ParsableCommand {
     func run() throws {
         threads.apply()
         #if DRL_MPI
+        try Launch.refuseReplicatedTasks(mpiBuild: true)
         // Under mpirun: every rank reads the whole stream and computes its rows of each
         // minibatch; gradients are summed before every step; rank 0 alone logs and writes the
         // checkpoint. A phase that fails on any rank ends every rank (MPIGroup.collective).
@@ -129,6 +130,8 @@ struct Train: ParsableCommand {
             group.finish()
             return
         }
+        #else
+        try Launch.refuseReplicatedTasks(mpiBuild: false)
         #endif
         try train(group: nil)
     }

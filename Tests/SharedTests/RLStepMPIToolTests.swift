@@ -177,6 +177,24 @@ final class RLStepMPIToolTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/" + noFile), "\(noFile) was written", file: file, line: line)
     }
 
+    /// Slurm's `srun --mpi=pmix` sets PMIX_RANK but no OMPI_* variable, and SLURM_STEP_NUM_TASKS:
+    /// stood in for by mpirun with OMPI_COMM_WORLD_SIZE removed and the Slurm variable added, the
+    /// ranks join through PMIx and write the bytes of an ordinary 2-rank run (before: each ran the
+    /// whole round alone, writing the single-process bytes, which looked like success).
+    func testPMIxLaunchWithoutOpenMPIVariablesJoins() throws {
+        let plain = try shell("\(mpirun) -np 2 \(command("am", "am.tzst", "--lambda 2", out: "mpi.safetensors"))")
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+        let pmix = try shell("\(mpirun) -np 2 env -u OMPI_COMM_WORLD_SIZE SLURM_STEP_NUM_TASKS=2 \(command("am", "am.tzst", "--lambda 2", out: "pmix.safetensors"))")
+        XCTAssertEqual(pmix.status, 0, pmix.stderr)
+        XCTAssertEqual(try readFile(dir + "/pmix.safetensors"), try readFile(dir + "/mpi.safetensors"))
+        XCTAssertEqual(try readFile(dir + "/pmix.safetensors.jsonl"), try readFile(dir + "/mpi.safetensors.jsonl"))
+        // without any MPI variable, two Slurm tasks are refused rather than run twice
+        let bare = try shell("SLURM_STEP_NUM_TASKS=2 \(command("am", "am.tzst", "--lambda 2", out: "bare.safetensors"))")
+        XCTAssertNotEqual(bare.status, 0)
+        XCTAssertTrue(bare.stderr.contains("srun --mpi=pmix"), bare.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/bare.safetensors"))
+    }
+
     /// The metrics line on a closed standard output (`mpirun ... rlstep | true`): as for one
     /// process, the checkpoint is kept and every rank exits quietly with status 0 (before: rank 0
     /// printed `rlstep: error: BrokenPipe()` and the job failed).

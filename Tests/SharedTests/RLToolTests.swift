@@ -92,6 +92,21 @@ final class RLToolTests: XCTestCase {
         XCTAssertTrue(String(decoding: try readFile(f.dir + "/m.jsonl"), as: UTF8.self).contains("\"step_start\":4"))
     }
 
+    /// `srun -n 2` without an MPI launch would run the whole round in every task, each writing
+    /// the same -o: refused in one line and no checkpoint (TrainToolTests has the same for train).
+    func testReplicatedSlurmTasksAreRefused() throws {
+        let f = try files()
+        FileManager.default.createFile(atPath: f.dir + "/buf.tzst", contents: Data(try buffer(model: f.model, kind: .memorylessLL)))
+        let cmd = "rlstep --algo am --model '\(f.model)' --ref '\(f.ref)' --threads 1 --minibatch 4 --metrics /dev/null '\(f.dir)/buf.tzst'"
+        let two = try TestSupport.shell("SLURM_STEP_NUM_TASKS=2 \(cmd) -o '\(f.dir)/two.safetensors'")
+        XCTAssertNotEqual(two.status, 0)
+        XCTAssertEqual(two.stderr.split(separator: "\n").count, 1, two.stderr)
+        XCTAssertTrue(two.stderr.contains("rlstep: error: started as one of 2 Slurm tasks without an MPI launch"), two.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: f.dir + "/two.safetensors"))
+        let one = try TestSupport.shell("SLURM_STEP_NUM_TASKS=1 \(cmd) -o '\(f.dir)/one.safetensors'")
+        XCTAssertEqual(one.status, 0, one.stderr)
+    }
+
     /// `--profile` adds one stderr line of stage times (am: the two parts of prepare) and changes
     /// neither the checkpoint nor the metrics; a failed round prints no profile.
     func testProfilePrintsStagesWithoutChangingTheResult() throws {

@@ -38,6 +38,21 @@ final class TrainToolTests: XCTestCase {
         return try TestSupport.streamBytes(records)
     }
 
+    /// `srun -n 2` without an MPI launch (Slurm's SLURM_STEP_NUM_TASKS = 2, no PMI variable) would
+    /// run every task as a whole job writing the same -o: refused in one line, no checkpoint, in
+    /// this build (no MPI) as in the MPI one; one task runs. (rlstep: RLToolTests.)
+    func testReplicatedSlurmTasksAreRefused() throws {
+        FileManager.default.createFile(atPath: dir + "/toy.tzst", contents: Data(try toyData(n: 500)))
+        let cmd = "train --config '\(Self.toyConfig)' --steps 3 --batch 64 --threads 1 --quiet -i '\(dir)/toy.tzst'"
+        let two = try TestSupport.shell("SLURM_STEP_NUM_TASKS=2 \(cmd) -o '\(dir)/two.safetensors'")
+        XCTAssertNotEqual(two.status, 0)
+        XCTAssertEqual(two.stderr.split(separator: "\n").count, 1, two.stderr)
+        XCTAssertTrue(two.stderr.hasPrefix("train: error: started as one of 2 Slurm tasks without an MPI launch"), two.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/two.safetensors"))
+        let one = try TestSupport.shell("SLURM_STEP_NUM_TASKS=1 \(cmd) -o '\(dir)/one.safetensors'")
+        XCTAssertEqual(one.status, 0, one.stderr)
+    }
+
     /// Training on the mixture converges, and the EMA model's samples reproduce the components'
     /// weights and means.
     func testMixtureOfGaussiansConvergesAndSamplesMatch() throws {
