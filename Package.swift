@@ -94,7 +94,7 @@ let package = Package(
         .executableTarget(name: "discrim", dependencies: ["Shared"], swiftSettings: checked),
         .executableTarget(name: "rlstep", dependencies: mpiToolDependencies, swiftSettings: mpiToolSettings),
         .executableTarget(name: "embed", dependencies: ["Shared"], swiftSettings: checked),
-        .testTarget(name: "SharedTests", dependencies: ["Shared", "CZlib"], exclude: ["Golden"]),
+        .testTarget(name: "SharedTests", dependencies: ["Shared", "CZlib", "CKernels"], exclude: ["Golden"]),
     ] + mpiTargets,
     // Swift 5 language mode: the tools are single-process pipelines whose parallelism lives in
     // BLAS and explicit worker loops, so Swift 6's data-race checking buys little here.

@@ -91,6 +91,13 @@ int drl_kernel_level(void) {
     return level;
 }
 
+int drl_limit_kernel_level(int max_level) {
+    level = -1;
+    int best = drl_kernel_level();
+    level = max_level < best ? (max_level < 0 ? 0 : max_level) : best;
+    return level;
+}
+
 #ifndef DRL_NO_DISPATCH
 #define DISPATCH(CALL_BASE, CALL_AVX2, CALL_AVX512)                                                \
     switch (level < 0 ? drl_kernel_level() : level) {                                              \

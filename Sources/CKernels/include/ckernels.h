@@ -15,5 +15,7 @@ void drl_silu_backward(const float *x, const float *dy, float *dx, size_t n);
 float drl_max(const float *p, size_t n);
 /* 2: AVX-512, 1: AVX2+FMA, 0: baseline. */
 int drl_kernel_level(void);
+/* Tests: use at most this level (clamped to what the CPU supports); returns the level in use. */
+int drl_limit_kernel_level(int max_level);
 
 #endif
