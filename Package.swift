@@ -57,11 +57,17 @@ let package = Package(
         // call happens inside this C shim, which turns the longjmp into an error code.
         .target(name: "CPNG", dependencies: ["CLibPNG"], path: "Sources/CPNG"),
 
+        // Element-wise layer loops in C, built for AVX-512, AVX2 and baseline x86-64 and picked at
+        // run time (Swift cannot target one function at a newer ISA); no FMA contraction, so all
+        // three give the Swift loops' bits (docs/engine.md).
+        .target(name: "CKernels", path: "Sources/CKernels",
+                cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off", "-mprefer-vector-width=512"])]),
+
         // The layers, bottom to top.
         .target(name: "Numerics", dependencies: ["CBLAS"], swiftSettings: unchecked),
         .target(name: "TensorStream", dependencies: ["CZstd"], swiftSettings: checked),
         .target(name: "Formats", dependencies: ["TensorStream", "CZlib", "CPNG"], swiftSettings: checked),
-        .target(name: "NN", dependencies: ["Numerics", "TensorStream"], swiftSettings: unchecked),
+        .target(name: "NN", dependencies: ["Numerics", "TensorStream", "CKernels"], swiftSettings: unchecked),
         .target(name: "Flow", dependencies: ["NN", "Numerics", "TensorStream"], swiftSettings: checked),
         .target(name: "Features", dependencies: ["NN", "Numerics", "TensorStream"], swiftSettings: checked),
         .target(name: "Discriminator", dependencies: ["Features", "NN", "Numerics", "TensorStream"], swiftSettings: checked),
@@ -88,7 +94,7 @@ let package = Package(
         .executableTarget(name: "discrim", dependencies: ["Shared"], swiftSettings: checked),
         .executableTarget(name: "rlstep", dependencies: mpiToolDependencies, swiftSettings: mpiToolSettings),
         .executableTarget(name: "embed", dependencies: ["Shared"], swiftSettings: checked),
-        .testTarget(name: "SharedTests", dependencies: ["Shared", "CZlib"], exclude: ["Golden"]),
+        .testTarget(name: "SharedTests", dependencies: ["Shared", "CZlib", "CKernels"], exclude: ["Golden"]),
     ] + mpiTargets,
     // Swift 5 language mode: the tools are single-process pipelines whose parallelism lives in
     // BLAS and explicit worker loops, so Swift 6's data-race checking buys little here.

@@ -1,3 +1,4 @@
+import CKernels
 import XCTest
 import Shared
 
@@ -10,6 +11,40 @@ private func buffer(_ v: [Float]) -> Buffer {
 private func array(_ p: UnsafePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
 
 final class LayersTests: XCTestCase {
+    /// The C kernels (CKernels: AVX-512, AVX2 and baseline builds) give the Swift formulas' bits
+    /// for GELU (tanh) and SiLU, forward and backward, and the exact row maximum, at every level
+    /// this CPU has, over values from the tails (exp clamped) to tiny ones.
+    func testCKernelsMatchTheSwiftFormulasBitForBit() {
+        defer { _ = drl_limit_kernel_level(2) }
+        var g = GradCheck()
+        let n = 4099
+        var x = g.randoms(n).map { $0 * 6 }
+        for (i, v) in [Float(-100), -90, -44, -10, -1e-20, 0, -0.0, 1e-30, 3, 44, 90, 100].enumerated() { x[i * 7] = v }
+        let dy = g.randoms(n)
+        let k: Float = (2 / Float.pi).squareRoot()
+        let geluF = x.map { v in 0.5 * v * (1 + fastTanh(k * (v + 0.044715 * v * v * v))) }
+        let geluB = zip(x, dy).map { v, d -> Float in
+            let th = fastTanh(k * (v + 0.044715 * v * v * v))
+            let du = k * (1 + 3 * 0.044715 * v * v)
+            return d * (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * du)
+        }
+        let siluF = x.map { v in v / (1 + fastExp(-v)) }
+        let siluB = zip(x, dy).map { v, d -> Float in let s = 1 / (1 + fastExp(-v)); return d * s * (1 + v * (1 - s)) }
+        var levels = Set<Int32>()
+        for want in [Int32(2), 1, 0] {
+            let level = drl_limit_kernel_level(want)
+            levels.insert(level)
+            var out = [Float](repeating: 0, count: n)
+            drl_gelu_forward(x, &out, n, k); XCTAssertEqual(out, geluF, "GELU forward, level \(level)")
+            drl_gelu_backward(x, dy, &out, n, k); XCTAssertEqual(out, geluB, "GELU backward, level \(level)")
+            drl_silu_forward(x, &out, n); XCTAssertEqual(out, siluF, "SiLU forward, level \(level)")
+            drl_silu_backward(x, dy, &out, n); XCTAssertEqual(out, siluB, "SiLU backward, level \(level)")
+            for m in [1, 7, 16, 33, n] { XCTAssertEqual(drl_max(x, m), x[0..<m].max()!, "max of \(m), level \(level)") }
+        }
+        print("CKernels levels checked on this CPU: \(levels.sorted())")
+        XCTAssert(levels.contains(0))
+    }
+
     func testLinear() {
         var g = GradCheck()
         let ps = ParameterSet()

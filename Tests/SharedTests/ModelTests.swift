@@ -182,6 +182,32 @@ final class ModelTests: XCTestCase {
         }
     }
 
+    /// Sampling (velocity/vjp on the borrowed replicas) computes the MLP's conditioning once per
+    /// distinct (t, y) pair of a chunk: with many repeated pairs (one time, 11 labels) and more
+    /// than one 16-row group of pairs (two times), it agrees with the training forward to
+    /// rounding, and a sample's velocity is the same bytes alone as in the batch (on the kernels where
+    /// `testBatchInvariance` is bit-exact).
+    func testMLPSharedConditioningMatchesTheTrainingForward() throws {
+        let net = try VelocityNet.make(ModelConfig.named("mlp-tiny")!, seed: 0)
+        var g = GradCheck()
+        for p in net.params.trainable { p.randomize(&g, std: 0.05) }
+        let D = net.sampleDimension
+        for times in [[Float(0.4)], [0.25, 0.75]] {
+            let B = 150
+            let x = g.randoms(B * D)
+            let t = (0..<B).map { times[$0 % times.count] }, y = (0..<B).map { ($0 / times.count) % 11 }
+            let v = net.velocity(x, t: t, y: y)
+            let reference = x.withUnsafeBufferPointer { Array(UnsafeBufferPointer(start: net.forward($0.baseAddress!, t: t, y: y, batch: B), count: B * D)) }
+            for (a, b) in zip(v, reference) { XCTAssertEqual(a, b, accuracy: 1e-5 * max(1, abs(b))) }
+            let alone = net.velocity(Array(x[(7 * D)..<(8 * D)]), t: [t[7]], y: [y[7]])
+            if ["Prescott", "SkylakeX", "Cooperlake", "Sandybridge"].contains(BLAS.coreName) {  // as testBatchInvariance
+                XCTAssertEqual(alone, Array(v[(7 * D)..<(8 * D)]))
+            } else {
+                for (a, b) in zip(alone, v[(7 * D)..<(8 * D)]) { XCTAssertEqual(a, b, accuracy: 1e-5 * max(1, abs(b))) }
+            }
+        }
+    }
+
     func testConcurrentVelocityMatchesSerial() throws {
         var g = GradCheck()
         let net = try VelocityNet.make(Self.sitSmall, seed: 1)

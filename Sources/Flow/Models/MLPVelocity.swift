@@ -24,6 +24,7 @@ public final class MLPVelocity: VelocityNet {
         let act = SiLU()
         let fc2: Linear
         let gated: GatedResidual
+        let shared = Buffer()  // [batch, 3W] ada rows gathered from the distinct (t, y) pairs
 
         init(_ ps: ParameterSet, _ name: String, width: Int, hidden: Int) {
             norm = LayerNorm(nil, name + ".norm", dim: width, affine: false)
@@ -48,6 +49,12 @@ public final class MLPVelocity: VelocityNet {
     private var batch = 0
     private let xCopy = Buffer(), cond = Buffer(), tScaled = Buffer()
     private let dH = Buffer(), dMod = Buffer(), dSC = Buffer(), outBuf = Buffer()
+    private let finalShared = Buffer()
+
+    /// Rows of the GEMMs that compute the conditioning of distinct (t, y) pairs when
+    /// `sharesConditioning`: always this many (padded), so a pair's values never depend on which
+    /// other pairs share its chunk.
+    static let conditioningRows = 16
 
     override init(config: ModelConfig, params ps: ParameterSet) {
         let W = config.hidden, D = config.sampleDimension
@@ -88,14 +95,23 @@ public final class MLPVelocity: VelocityNet {
         let xc = xCopy.ensure(batch * D)
         xc.update(from: x, count: batch * D)
         var h = UnsafePointer(inputProj.forward(xc, rows: batch))
-        // conditioning c = t_emb + y_emb, then SiLU(c) shared by every adaLN linear
-        let te = tEmbedder.forward(t.map { $0 * config.timeScale })
-        let ye = yEmbedder.forward(y)
-        let c = cond.ensure(batch * W)
-        for i in 0..<(batch * W) { c[i] = te[i] + ye[i] }
-        let sc = condAct.forward(c, count: batch * W)
-        for b in blocks {
-            let m = b.ada.forward(sc, rows: batch)
+        // ada[i] = blocks[i].adaLN_modulation(SiLU(t_emb + y_emb)) rows [batch, 3W], final [batch, 2W]
+        var ada: [UnsafePointer<Float>] = []
+        let mf: UnsafePointer<Float>
+        if sharesConditioning {
+            (ada, mf) = sharedConditioning(t: t, y: y, batch: batch)
+        } else {
+            // conditioning c = t_emb + y_emb, then SiLU(c) shared by every adaLN linear
+            let te = tEmbedder.forward(t.map { $0 * config.timeScale })
+            let ye = yEmbedder.forward(y)
+            let c = cond.ensure(batch * W)
+            for i in 0..<(batch * W) { c[i] = te[i] + ye[i] }
+            let sc = condAct.forward(c, count: batch * W)
+            for b in blocks { ada.append(UnsafePointer(b.ada.forward(sc, rows: batch))) }
+            mf = UnsafePointer(finalAda.forward(sc, rows: batch))
+        }
+        for (i, b) in blocks.enumerated() {
+            let m = ada[i]
             let n = b.norm.forward(h, rows: batch)
             let mm = b.mod.forward(n, shift: m, scale: m + W, ld: 3 * W, batch: batch, tokens: 1)
             let f1 = b.fc1.forward(mm, rows: batch)
@@ -103,12 +119,51 @@ public final class MLPVelocity: VelocityNet {
             let f2 = b.fc2.forward(a, rows: batch)
             h = UnsafePointer(b.gated.forward(residual: h, f2, gate: m + 2 * W, ld: 3 * W, batch: batch, tokens: 1))
         }
-        let mf = finalAda.forward(sc, rows: batch)
         let nf = finalNorm.forward(h, rows: batch)
         let mmf = finalMod.forward(nf, shift: mf, scale: mf + W, ld: 2 * W, batch: batch, tokens: 1)
         let out = outBuf.ensure(batch * D)
         finalLinear.forward(mmf, rows: batch, into: out)
         return out
+    }
+
+    /// The adaLN rows when sampling: every row of a chunk depends on (t, y) only, and a sampling
+    /// chunk holds one time and at most numClasses + 1 labels, so the time embedder and the adaLN
+    /// linears (about half of the MLP's FLOPs per row) run once per distinct pair, in GEMMs of
+    /// `conditioningRows` rows, and the rows are copied out per sample. Values agree with the
+    /// training forward to rounding (another GEMM row count), bit for bit between batches.
+    private func sharedConditioning(t: [Float], y: [Int], batch: Int) -> ([UnsafePointer<Float>], UnsafePointer<Float>) {
+        let W = config.hidden, G = Self.conditioningRows
+        var index: [UInt64: Int] = [:]
+        var slot = [Int](repeating: 0, count: batch)
+        var ut: [Float] = [], uy: [Int] = []
+        for b in 0..<batch {
+            let key = UInt64(t[b].bitPattern) << 32 | UInt64(UInt32(truncatingIfNeeded: y[b]))
+            if let u = index[key] { slot[b] = u; continue }
+            index[key] = ut.count
+            slot[b] = ut.count
+            ut.append(t[b])
+            uy.append(y[b])
+        }
+        let groups = (ut.count + G - 1) / G
+        ut += [Float](repeating: 0, count: groups * G - ut.count)
+        uy += [Int](repeating: 0, count: groups * G - uy.count)
+        let outs = blocks.map { $0.shared.ensure(batch * 3 * W) }
+        let fout = finalShared.ensure(batch * 2 * W)
+        for g in 0..<groups {
+            let te = tEmbedder.forward(ut[(g * G)..<((g + 1) * G)].map { $0 * config.timeScale })
+            let ye = yEmbedder.forward(Array(uy[(g * G)..<((g + 1) * G)]))
+            let c = cond.ensure(G * W)
+            for i in 0..<(G * W) { c[i] = te[i] + ye[i] }
+            let sc = condAct.forward(c, count: G * W)
+            let members = (0..<batch).filter { slot[$0] / G == g }
+            for (i, blk) in blocks.enumerated() {
+                let m = blk.ada.forward(sc, rows: G)
+                for b in members { (outs[i] + b * 3 * W).update(from: m + (slot[b] - g * G) * 3 * W, count: 3 * W) }
+            }
+            let m = finalAda.forward(sc, rows: G)
+            for b in members { (fout + b * 2 * W).update(from: m + (slot[b] - g * G) * 2 * W, count: 2 * W) }
+        }
+        return (outs.map { UnsafePointer($0) }, UnsafePointer(fout))
     }
 
     @discardableResult

@@ -92,6 +92,7 @@ open class VelocityNet: VelocityField {
         defer { poolLock.unlock() }
         let net = pool.popLast() ?? makeReplica()
         net.inferenceChunk = inferenceChunk
+        net.sharesConditioning = true
         return net
     }
 
@@ -108,6 +109,11 @@ open class VelocityNet: VelocityField {
     /// bit-identical whatever batch it arrives in; the padding costs up to chunk - 1 wasted rows.
     /// SiT keeps 32 (its attention scratch grows with the chunk); MLPVelocity sets 128.
     public var inferenceChunk = 32
+
+    /// Set on the replicas that `velocity` and `vjp` borrow (never on a network that trains): a
+    /// model may then compute what depends only on (t, y) once per distinct pair of a chunk
+    /// (`MLPVelocity`). Such a forward supports `backward(paramGrads: false)` only.
+    var sharesConditioning = false
 
     /// Runs `body(net, x, t, y, n, u)` over fixed-size chunks (see `inferenceChunk`), writing
     /// the first n rows of what it returns for each chunk to `out` / `dx`.

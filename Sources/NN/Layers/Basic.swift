@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import Numerics
 
@@ -214,7 +215,7 @@ public final class SiLU {
         self.count = count
         let y = out.ensure(count)
         Parallel.forRanges(count, grain: elementGrain) { range in
-            for i in range { let v = x[i]; y[i] = v / (1 + fastExp(-v)) }
+            drl_silu_forward(x + range.lowerBound, y + range.lowerBound, range.count)
         }
         return y
     }
@@ -224,11 +225,8 @@ public final class SiLU {
         guard let x = input else { preconditionFailure("SiLU.backward before forward") }
         let dx = dIn.ensure(count)
         Parallel.forRanges(count, grain: elementGrain) { range in
-            for i in range {
-                let v = x[i]
-                let s = 1 / (1 + fastExp(-v))
-                dx[i] = dy[i] * s * (1 + v * (1 - s))
-            }
+            // v = x[i], s = 1 / (1 + fastExp(-v)), dx[i] = dy[i] * s * (1 + v * (1 - s))
+            drl_silu_backward(x + range.lowerBound, dy + range.lowerBound, dx + range.lowerBound, range.count)
         }
         return dx
     }
@@ -249,13 +247,11 @@ public final class GELU {
         self.count = count
         let y = out.ensure(count)
         let k = Self.k
-        // one store per iteration so the loop vectorises; backward recomputes tanh (cheaper
-        // than the memory traffic of caching it for activations larger than the cache)
+        // y[i] = 0.5 * v * (1 + fastTanh(k * (v + 0.044715 * v * v * v))), v = x[i], in C for
+        // AVX-512/AVX2 (CKernels, same bits); backward recomputes tanh (cheaper than the memory
+        // traffic of caching it for activations larger than the cache)
         Parallel.forRanges(count, grain: elementGrain) { range in
-            for i in range {
-                let v = x[i]
-                y[i] = 0.5 * v * (1 + fastTanh(k * (v + 0.044715 * v * v * v)))
-            }
+            drl_gelu_forward(x + range.lowerBound, y + range.lowerBound, range.count, k)
         }
         return y
     }
@@ -266,12 +262,9 @@ public final class GELU {
         let dx = dIn.ensure(count)
         let k = Self.k
         Parallel.forRanges(count, grain: elementGrain) { range in
-            for i in range {
-                let v = x[i]
-                let th = fastTanh(k * (v + 0.044715 * v * v * v))
-                let du = k * (1 + 3 * 0.044715 * v * v)
-                dx[i] = dy[i] * (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * du)
-            }
+            // th = fastTanh(k * (v + 0.044715 * v * v * v)), du = k * (1 + 3 * 0.044715 * v * v),
+            // dx[i] = dy[i] * (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * du)
+            drl_gelu_backward(x + range.lowerBound, dy + range.lowerBound, dx + range.lowerBound, range.count, k)
         }
         return dx
     }

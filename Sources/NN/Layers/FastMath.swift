@@ -1,3 +1,5 @@
+import CKernels
+
 /// Branch-free float32 exp that the compiler can vectorise (glibc's expf/tanhf are scalar calls
 /// and dominated the GELU/SiLU/softmax time). Cephes `expf`: n = round(x log2 e), r = x - n ln 2
 /// in two parts, degree-5 polynomial, scale by 2^n through the exponent bits. Relative error
@@ -76,17 +78,8 @@ public func vsumSquaredDeviation(_ p: UnsafePointer<Float>, _ m: Float, _ n: Int
     return s
 }
 
-/// max p[0..<n] (n >= 1)
+/// max p[0..<n] (n >= 1); in C (CKernels, AVX-512/AVX2 lanes): a maximum is exact in any order.
 @inline(__always)
 public func vmax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
-    var acc = SIMD8<Float>(repeating: -.infinity)
-    let raw = UnsafeRawPointer(p)
-    var i = 0
-    while i + 8 <= n {
-        acc = pointwiseMax(acc, raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self))
-        i += 8
-    }
-    var s = acc.max()
-    while i < n { if p[i] > s { s = p[i] }; i += 1 }
-    return s
+    drl_max(p, n)
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Numerics
 import TensorStream
 
 /// AdamW with PyTorch's semantics (`torch.optim.AdamW`, non-amsgrad, non-fused):
@@ -48,21 +49,50 @@ public final class AdamW {
         let stepSize = Float(Double(lr) / bc1)
         let bc2Sqrt = Float(bc2.squareRoot())
         let b1 = beta1, b2 = beta2, eps = eps
-        for (i, p) in parameters.enumerated() {
-            let w = p.value, g = p.grad, m = expAvg[i].pointer, v = expAvgSq[i].pointer
-            if weightDecay != 0 && decays(p) {
-                let f = 1 - lr * weightDecay
-                for j in 0..<p.count { w[j] *= f }
+        let decayFactor: [Float] = parameters.map { weightDecay != 0 && decays($0) ? 1 - lr * weightDecay : 1 }
+        let decayed = parameters.map { weightDecay != 0 && decays($0) }
+        // Element-wise, so SIMD8 lanes and the split over workers give the scalar loop's bits
+        // (no FMA contraction in Swift). Fixed segments over all parameters (`ParameterSegments`).
+        let oneMinusB1 = 1 - b1, oneMinusB2 = 1 - b2
+        segments.run { i, r in
+            let p = parameters[i]
+            let w = p.value + r.lowerBound, g = p.grad + r.lowerBound
+            let m = expAvg[i].pointer + r.lowerBound, v = expAvgSq[i].pointer + r.lowerBound
+            let n = r.count
+            let f = decayFactor[i], decay = decayed[i]
+            var j = 0
+            let fv = SIMD8<Float>(repeating: f), a1 = SIMD8<Float>(repeating: oneMinusB1)
+            let b2v = SIMD8<Float>(repeating: b2), a2 = SIMD8<Float>(repeating: oneMinusB2)
+            let bcv = SIMD8<Float>(repeating: bc2Sqrt), ev = SIMD8<Float>(repeating: eps)
+            let sv = SIMD8<Float>(repeating: stepSize)
+            while j + 8 <= n {
+                var wj = UnsafeRawPointer(w + j).loadUnaligned(as: SIMD8<Float>.self)
+                if decay { wj = wj * fv }
+                let gj = UnsafeRawPointer(g + j).loadUnaligned(as: SIMD8<Float>.self)
+                var mj = UnsafeRawPointer(m + j).loadUnaligned(as: SIMD8<Float>.self)
+                var vj = UnsafeRawPointer(v + j).loadUnaligned(as: SIMD8<Float>.self)
+                mj += (gj - mj) * a1
+                vj = vj * b2v + a2 * gj * gj
+                let denom = vj.squareRoot() / bcv + ev
+                wj -= sv * mj / denom
+                UnsafeMutableRawPointer(w + j).storeBytes(of: wj, as: SIMD8<Float>.self)
+                UnsafeMutableRawPointer(m + j).storeBytes(of: mj, as: SIMD8<Float>.self)
+                UnsafeMutableRawPointer(v + j).storeBytes(of: vj, as: SIMD8<Float>.self)
+                j += 8
             }
-            for j in 0..<p.count {
+            while j < n {
+                if decay { w[j] *= f }
                 let gj = g[j]
-                m[j] += (gj - m[j]) * (1 - b1)          // lerp, as torch does
-                v[j] = v[j] * b2 + (1 - b2) * gj * gj
+                m[j] += (gj - m[j]) * oneMinusB1          // lerp, as torch does
+                v[j] = v[j] * b2 + oneMinusB2 * gj * gj
                 let denom = v[j].squareRoot() / bc2Sqrt + eps
                 w[j] -= stepSize * m[j] / denom
+                j += 1
             }
         }
     }
+
+    private lazy var segments = ParameterSegments(parameters)
 
     public static let stepKey = "optim.step"
     public static let configKey = "optim.config"
@@ -111,21 +141,82 @@ public final class AdamW {
 
 /// Global-norm gradient clipping as `torch.nn.utils.clip_grad_norm_` (norm type 2): the norm over
 /// all gradients (accumulated in float64) is returned; if it exceeds `maxNorm`, every gradient is
-/// scaled by maxNorm / (norm + 1e-6).
+/// scaled by maxNorm / (norm + 1e-6). The float64 sum runs in four lanes per fixed segment of
+/// `ParameterSegments`, segments added in order, so it is the same for any worker count (since
+/// #14; before, one sequential sum: the norm differs from it by rounding, ~1e-16 relative).
 @discardableResult
 public func clipGradNorm(_ parameters: [Parameter], maxNorm: Double) -> Double {
-    var s: Double = 0
-    for p in parameters {
-        let g = p.grad
-        for j in 0..<p.count { let v = Double(g[j]); s += v * v }
+    let segments = ParameterSegments(parameters)
+    var partial = [Double](repeating: 0, count: segments.count)
+    partial.withUnsafeMutableBufferPointer { out in
+        let o = out.baseAddress!
+        segments.runIndexed { k, i, r in
+            let g = parameters[i].grad + r.lowerBound, n = r.count
+            var acc = SIMD4<Double>(repeating: 0)
+            var j = 0
+            while j + 4 <= n {
+                let v = SIMD4<Double>(Double(g[j]), Double(g[j + 1]), Double(g[j + 2]), Double(g[j + 3]))
+                acc += v * v
+                j += 4
+            }
+            var s = acc.sum()
+            while j < n { let v = Double(g[j]); s += v * v; j += 1 }
+            o[k] = s
+        }
     }
+    var s: Double = 0
+    for v in partial { s += v }
     let norm = s.squareRoot()
     let coef = maxNorm / (norm + 1e-6)
     if coef < 1 {
         let c = Float(coef)
-        for p in parameters { let g = p.grad; for j in 0..<p.count { g[j] *= c } }
+        segments.run { i, r in
+            let g = parameters[i].grad
+            for j in r { g[j] *= c }
+        }
     }
     return norm
+}
+
+/// All elements of a list of parameters cut into fixed segments (at most `size` elements, never
+/// crossing a parameter), so the optimizer's element-wise passes split over the workers
+/// (`Parallel`) without a dispatch per small parameter. The cut depends only on the shapes, never
+/// on the worker count, so per-segment reductions added in segment order are reproducible.
+struct ParameterSegments {
+    static let size = 1 << 15
+    let items: [(param: Int, range: Range<Int>)]
+    let total: Int
+    var count: Int { items.count }
+
+    init(_ parameters: [Parameter]) {
+        var items: [(Int, Range<Int>)] = []
+        var total = 0
+        for (i, p) in parameters.enumerated() {
+            var s = 0
+            while s < p.count {
+                let e = min(p.count, s + Self.size)
+                items.append((i, s..<e))
+                s = e
+            }
+            total += p.count
+        }
+        self.items = items
+        self.total = total
+    }
+
+    /// body(segment index, parameter index, element range), segments split over the workers.
+    func runIndexed(_ body: (Int, Int, Range<Int>) -> Void) {
+        let items = items
+        // about 64k elements per worker at least, counted in segments
+        let grain = max(1, items.count * 65_536 / max(1, total))
+        Parallel.forRanges(items.count, grain: grain) { range in
+            for k in range { body(k, items[k].param, items[k].range) }
+        }
+    }
+
+    func run(_ body: (Int, Range<Int>) -> Void) {
+        runIndexed { _, i, r in body(i, r) }
+    }
 }
 
 /// Linear learning-rate warmup: the rate for 1-based step k is base * min(1, k / warmupSteps)
@@ -191,9 +282,20 @@ public final class EMA {
 
     public func update() {
         let d = decay, od = 1 - decay
-        for p in source.all {
-            let e = shadow[p.name]!.pointer, w = p.value
-            for j in 0..<p.count { e[j] = e[j] * d + w[j] * od }
+        let all = source.all
+        let shadows = all.map { shadow[$0.name]!.pointer }
+        // element-wise: SIMD8 lanes and the split over workers keep the scalar loop's bits
+        ParameterSegments(all).run { i, r in
+            let e = shadows[i] + r.lowerBound, w = UnsafePointer(all[i].value) + r.lowerBound, n = r.count
+            let dv = SIMD8<Float>(repeating: d), odv = SIMD8<Float>(repeating: od)
+            var j = 0
+            while j + 8 <= n {
+                let ej = UnsafeRawPointer(e + j).loadUnaligned(as: SIMD8<Float>.self)
+                let wj = UnsafeRawPointer(w + j).loadUnaligned(as: SIMD8<Float>.self)
+                UnsafeMutableRawPointer(e + j).storeBytes(of: ej * dv + wj * odv, as: SIMD8<Float>.self)
+                j += 8
+            }
+            while j < n { e[j] = e[j] * d + w[j] * od; j += 1 }
         }
     }
 
