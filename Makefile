@@ -2,7 +2,7 @@
 # Both install what is missing (apt packages), build optimised, and run.
 
 SWIFT ?= swift
-APT_PACKAGES := pkg-config libopenblas-dev libzstd-dev libpng-dev zlib1g-dev zstd jq parallel
+APT_PACKAGES := pkg-config libopenblas-dev libzstd-dev libpng-dev zlib1g-dev libssl-dev zstd jq parallel
 DEMO_PACKAGES := dataset-fashion-mnist gnuplot-nox jq
 # Only for the optional data-parallel build (make build-mpi, make test-mpi).
 MPI_PACKAGES := openmpi-bin libopenmpi-dev
