@@ -44,7 +44,7 @@ public final class PolicySnapshot {
 
     public init(prefix: String, copying policy: VelocityNet) throws {
         self.prefix = prefix
-        net = try VelocityNet.make(policy.config, seed: 0)
+        net = try VelocityNet.uninitialized(policy.config)  // copyValues overwrites every parameter
         net.params.copyValues(from: policy.params)
         net.inferenceChunk = max(policy.inferenceChunk, 256)
     }
@@ -52,7 +52,7 @@ public final class PolicySnapshot {
     /// The snapshot stored in `record`, or nil when the record has none of its tensors.
     public static func load(prefix: String, from record: Record, config: ModelConfig) throws -> PolicySnapshot? {
         guard record.names.contains(where: { $0.hasPrefix(prefix + ".") }) else { return nil }
-        let net = try VelocityNet.make(config, seed: 0)
+        let net = try VelocityNet.uninitialized(config)
         do { try net.params.load(from: record, prefix: prefix + ".") } catch { throw RLError("snapshot `\(prefix)`: \(error)") }
         let s = try PolicySnapshot(prefix: prefix, copying: net)
         return s
@@ -77,7 +77,7 @@ extension VelocityNet {
         guard let json = record.metadata["config"] else {
             throw StreamError.invalid("checkpoint has no `config` metadata; it is not a velocity model")
         }
-        let net = try make(try ModelConfig.from(json: json), seed: 0)
+        let net = try uninitialized(try ModelConfig.from(json: json))
         try net.params.load(from: record, prefix: prefix)
         return net
     }

@@ -7,7 +7,17 @@ import Glibc
 /// the step, and the digest of the parent checkpoint. Writes are atomic.
 public enum Checkpoint {
     public static func write(_ record: Record, to path: String) throws {
-        try AtomicFile.write(RecordCodec.encode(stamped(record)), to: path)
+        try prepare(record, to: path).commit()
+    }
+
+    /// The encoded record written piece by piece (length, header, each tensor's bytes): the same
+    /// bytes as `RecordCodec.encode` without assembling a second copy of a checkpoint that can
+    /// be hundreds of MB.
+    static func write(_ record: Record, into file: AtomicFile) throws {
+        let (json, order) = RecordCodec.header(for: stamped(record))
+        try file.write(withUnsafeBytes(of: UInt64(json.count).littleEndian) { Array($0) })
+        try file.write(json)
+        for (_, tensor) in order { try file.write(tensor.bytes) }
     }
 
     /// The record with metadata `version` (Toolkit.version) next to its `tool`, when missing.
@@ -35,7 +45,7 @@ public enum Checkpoint {
     /// never, if the file is dropped uncommitted), so a tool can finish its other outputs first.
     public static func prepare(_ record: Record, to path: String) throws -> AtomicFile {
         let file = try AtomicFile(path: path)
-        try file.write(RecordCodec.encode(stamped(record)))
+        try write(record, into: file)   // dropped uncommitted on a throw: the temporary goes
         return file
     }
 
