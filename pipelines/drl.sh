@@ -61,7 +61,9 @@ RESULTS=${RESULTS:-$RUN/results.tsv}
 export RUN THREADS RESULTS
 
 log() { echo "drl[$NAME]: $*" >&2; }
-for f in "$BASE" "$RUN/train.tzst" $([ "$ENC_DISC" = pixels ] || echo "$ENC_DISC"); do
+# The discriminator's encoder only matters for the discriminator's reward (not with a replacement
+# EMBED stage, nor for the hackable rewards, which a run folder without one must be able to use).
+for f in "$BASE" "$RUN/train.tzst" $([ "$REWARD" != discrim ] || [ -n "$EMBED" ] || [ "$ENC_DISC" = pixels ] || echo "$ENC_DISC"); do
   [ -s "$f" ] || { echo "drl: $f missing; run pipelines/prepare-data.sh and pipelines/pretrain.sh first" >&2; exit 1; }
 done
 if [ "$REWARD" = confidence ]; then

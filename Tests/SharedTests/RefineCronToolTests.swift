@@ -111,6 +111,19 @@ final class RefineCronToolTests: XCTestCase {
         try net.save(to: exp + "/candidate.safetensors", metadata: ["step": "1", "rl.algo": "am", "parent_sha256": try Checkpoint.digest(parent)])
     }
 
+    // MARK: drl.sh with a hackable reward
+
+    /// A hackable reward needs neither a discriminator nor its encoder: drl.sh with
+    /// REWARD=brightness runs a GRPO round in a run folder that has neither (it used to demand
+    /// enc-disc.safetensors and stop before the first round).
+    func testHackableRewardNeedsNoDiscriminatorEncoder() throws {
+        XCTAssertEqual(try TestSupport.shell("rm -f \(run)/enc-disc.safetensors \(run)/disc-*.safetensors").status, 0)
+        let r = try TestSupport.shell("\(environment(["REWARD": "brightness", "ALGO": "grpo", "GROUP": "16", "ROUNDS": "1", "EVAL_EVERY": "0", "NAME": "bright"])); bash \(Self.pipelines)/drl.sh", timeout: 180)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/bright/rounds/0001.safetensors"), r.stderr)
+        XCTAssertFalse(r.stderr.contains("missing"), r.stderr)
+    }
+
     // MARK: (a) the lock
 
     /// While one run holds the lock (held up in its first `sample` by a gate), a second run exits
