@@ -68,24 +68,38 @@ extension RLObjective {
 /// Memory stays bounded whatever the number of rows: `forward` runs the thread-safe inference
 /// path (fixed-size chunks, no activations kept), and `backward` re-runs the training forward
 /// chunk by chunk (`chunk` rows plus their unconditional twins) before each chunk's backward, so
-/// parameter gradients accumulate chunk by chunk. The extra forward costs about a third more.
+/// parameter gradients accumulate chunk by chunk. The extra forward costs about a third more, so
+/// when the rows fit in one chunk and there is no guidance, `forward` runs the training forward
+/// itself and `backward` reuses its activations (the mlp's chunk holds a whole minibatch of
+/// rows: its activations are small). The loss then comes from the same forward the gradient
+/// differentiates, which agrees with the inference path to float rounding, not in every bit.
 /// `package` (not public): the tests check chunked training against one batch.
 package final class TrainingVelocity {
     let model: VelocityNet
     let guidance: Guidance?
-    package var chunk = 256
+    package var chunk: Int
     private var x: [Float] = [], t: [Float] = [], y: [Int] = []
+    /// The model's training caches hold the last `forward`'s rows (nothing ran since).
+    private var activationsKept = false
 
     package init(model: VelocityNet, guidance: Guidance?) {
         self.model = model
         self.guidance = guidance
+        // mlp-small keeps about 110 KB of activations per row; a SiT row is tens of times more.
+        chunk = model.config.arch == "mlp" ? 1024 : 256
     }
 
     /// v [rows, D] for x [rows, D].
     package func forward(_ x: [Float], t: [Float], y: [Int]) -> [Float] {
         self.x = x; self.t = t; self.y = y
         let D = model.sampleDimension, rows = t.count
+        activationsKept = false
         guard rows > 0 else { return [] }
+        if guidance == nil && rows <= chunk {
+            let v = x.withUnsafeBufferPointer { model.forward($0.baseAddress!, t: t, y: y, batch: rows) }
+            activationsKept = true
+            return Array(UnsafeBufferPointer(start: v, count: rows * D))
+        }
         var v = model.velocity(x, t: t, y: y)
         if let g = guidance {
             let active = (0..<rows).filter { g.isActive(at: t[$0]) }
@@ -104,6 +118,11 @@ package final class TrainingVelocity {
     /// Accumulates parameter gradients for dL/dv [rows, D] of the last forward.
     package func backward(_ dv: [Float]) {
         let D = model.sampleDimension, rows = t.count
+        if activationsKept {
+            activationsKept = false
+            dv.withUnsafeBufferPointer { _ = model.backward($0.baseAddress!, paramGrads: true) }
+            return
+        }
         var start = 0
         while start < rows {
             let end = min(start + chunk, rows)
