@@ -164,6 +164,10 @@ sampling=(--sampler "$SAMPLER" --steps "$STEPS")
 case "$ALGO" in am|grpo) sampling+=(--record) ;; esac   # trajectories and log-probs
 [ -n "$ETA" ] && sampling+=(--eta "$ETA")
 [ "$ALGO" != am ] && sampling+=(--group "$GROUP")
+# BASE may be a checkpoint rlstep wrote (a DRL run's round): then its raw weights are the start and
+# the KL reference, as evaluate.sh evaluates it.
+base_rl=$(tensors info --meta rl.algo "$BASE")
+ref_weights=(); [ -n "$base_rl" ] && ref_weights=(--ref-raw)
 rlflags=(--lr "$LR" --epochs "$EPOCHS" --minibatch "$MINIBATCH" --seed "$SEED" --threads "$THREADS")
 [ "$ALGO" = am ] && rlflags+=(--lambda "$LAMBDA")
 # shellcheck disable=SC2206
@@ -190,16 +194,20 @@ for r in $(seq 1 "$ROUNDS"); do
   fi
   # Rollouts come from the raw policy rlstep trains (am, grpo: on-policy), or from the sampling
   # snapshot rlstep keeps (crd, nft); the base model's first round from its EMA weights.
-  weights=()
+  weights=() stage=()
   if [ "$prev" != "$BASE" ]; then
     case "$ALGO" in crd|nft) weights=(--weights sampling) ;; *) weights=(--no-ema) ;; esac
+  elif [ -n "$base_rl" ]; then
+    # A base that rlstep wrote (preference RL after DRL): its raw weights are the policy that was
+    # evaluated, and the new stage starts with fresh optimizer state (rlstep --new-stage).
+    weights=(--no-ema) stage=(--new-stage)
   fi
   t0=$SECONDS
   sample --model "$prev" "${weights[@]}" --n "$N" --offset $(( (r - 1) * N )) --seed "$SEED" "${sampling[@]}" \
       --threads "$THREADS" --quiet \
     | if [ -n "$EMBED" ]; then "${embed_cmd[@]}"; else cat; fi \
     | "${score[@]}" \
-    | rlstep --algo "$ALGO" --model "$prev" --ref "$BASE" --out "$ck" --metrics "$EXP/rl-metrics.jsonl" "${rlflags[@]}"
+    | rlstep --algo "$ALGO" --model "$prev" --ref "$BASE" "${ref_weights[@]}" "${stage[@]}" --out "$ck" --metrics "$EXP/rl-metrics.jsonl" "${rlflags[@]}"
   secs=$(( SECONDS - t0 ))
   [ -s "$EXP/rounds.tsv" ] || printf 'round\tseconds\treward_mean\tloss\n' > "$EXP/rounds.tsv"
   line=$(tail -n 1 "$EXP/rl-metrics.jsonl")

@@ -47,6 +47,7 @@ struct RLStep: ParsableCommand {
     @Option(name: [.short, .customLong("output"), .customLong("out")], help: "Next checkpoint to write.") var out: String
     @Option(name: .customLong("weights"), help: "Weights a base (non-rlstep) --model starts from (an rlstep checkpoint always resumes its raw weights).") var weights: StartWeights = .ema
     @Option(name: .customLong("ref-weights"), help: "Weights of the reference (ema: as `sample` draws by default).") var refWeights: StartWeights = .ema
+    @Flag(name: .customLong("new-stage"), help: "Start a new RL stage from an rlstep --model (preference RL after DRL, say): its raw weights with fresh AdamW, EMA and objective state, as from a base; without it, an rlstep checkpoint's moments, tuned to the earlier stage's gradient scale, would carry over.") var newStage = false
     @Flag(name: .customLong("raw-start"), help: "The same as --weights raw.") var rawStartFlag = false
     @Flag(name: .customLong("ref-raw"), help: "The same as --ref-weights raw.") var refRawFlag = false
     var rawStart: Bool { rawStartFlag || weights == .raw }
@@ -145,8 +146,9 @@ struct RLStep: ParsableCommand {
         // `sample` draws by default (its EMA), with fresh optimizer and EMA state; an rlstep
         // checkpoint resumes its raw weights, AdamW moments and EMA.
         let hasEMA = { (r: Record) in r.names.contains(where: { $0.hasPrefix("ema.") }) }
-        let continuing = record.metadata["rl.algo"] != nil
-        let net = try VelocityNet.load(from: record, ema: !continuing && hasEMA(record) && !rawStart)
+        let fromRL = record.metadata["rl.algo"] != nil
+        let continuing = fromRL && !newStage
+        let net = try VelocityNet.load(from: record, ema: !fromRL && hasEMA(record) && !rawStart)
         // The first round of a run has --model and --ref the same file: read it once.
         let (refRecord, refDigest) = sameFile(model, ref) ? (record, digest) : try Checkpoint.readDigested(ref)
         guard refRecord.metadata["arch"] != nil else { throw ToolError("\(ref) is not a velocity-model checkpoint (no `arch` metadata)") }
@@ -171,7 +173,7 @@ struct RLStep: ParsableCommand {
             o.beta = beta; o.clipRange = clipRange; o.advantageNorm = advNorm; o.advantageClip = advClip; o.ratioNorm = ratioNorm
             objective = GRPO(options: o)
         }
-        try objective.restore(record.metadata)
+        if continuing { try objective.restore(record.metadata) }
 
         let finalSamples = algo == "crd" || algo == "nft"
         let buffer: RolloutBuffer

@@ -90,6 +90,13 @@ final class RLToolTests: XCTestCase {
         XCTAssertEqual(try Checkpoint.read(f.dir + "/c.safetensors").metadata["step"], "8")
         XCTAssertEqual(try Checkpoint.read(f.dir + "/c.safetensors").metadata["optim.step"], "8")
         XCTAssertTrue(String(decoding: try readFile(f.dir + "/m.jsonl"), as: UTF8.self).contains("\"step_start\":4"))
+        // --new-stage: the same start weights (a's raw ones), but fresh AdamW moments and count
+        let n = try rlstep(g, algo: "am", stdin: buf2, out: f.dir + "/n.safetensors", extra: ["--new-stage"])
+        XCTAssertEqual(n.status, 0, n.stderr)
+        let nk = try Checkpoint.read(f.dir + "/n.safetensors")
+        XCTAssertEqual(nk.metadata["optim.step"], "4", "a new stage counts its own optimizer steps")
+        XCTAssertEqual(nk.metadata["step"], "8", "the global step goes on")
+        XCTAssertNotEqual(try readFile(f.dir + "/n.safetensors"), try readFile(f.dir + "/c.safetensors"), "the moments differ")
     }
 
     /// `srun -n 2` without an MPI launch would run the whole round in every task, each writing

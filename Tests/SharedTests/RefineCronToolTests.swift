@@ -122,6 +122,13 @@ final class RefineCronToolTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/bright/rounds/0001.safetensors"), r.stderr)
         XCTAssertFalse(r.stderr.contains("missing"), r.stderr)
+        // a second stage from that rlstep checkpoint starts fresh AdamW state (rlstep --new-stage)
+        let first = try Checkpoint.read(run + "/bright/rounds/0001.safetensors")
+        let r2 = try TestSupport.shell("\(environment(["REWARD": "brightness", "ALGO": "grpo", "GROUP": "16", "ROUNDS": "1", "EVAL_EVERY": "0", "NAME": "bright2", "BASE": run + "/bright/rounds/0001.safetensors"])); bash \(Self.pipelines)/drl.sh", timeout: 180)
+        XCTAssertEqual(r2.status, 0, r2.stderr)
+        let second = try Checkpoint.read(run + "/bright2/rounds/0001.safetensors")
+        XCTAssertEqual(second.metadata["optim.step"], first.metadata["optim.step"], "a new stage, not a resumed optimizer")
+        XCTAssertEqual(second.metadata["parent_sha256"], try Checkpoint.digest(run + "/bright/rounds/0001.safetensors"))
     }
 
     // MARK: (a) the lock
