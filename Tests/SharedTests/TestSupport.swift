@@ -74,6 +74,13 @@ enum TestSupport {
         let process = Process()
         process.executableURL = tool.hasPrefix("/") ? URL(fileURLWithPath: tool) : productsDirectory.appendingPathComponent(tool)
         process.arguments = arguments
+        // The tools re-execute themselves with native OpenBLAS kernels where Debian's OpenBLAS
+        // falls back to generic ones (BLAS.preferNativeKernels); this test process cannot, so a
+        // tool would round differently from the library it is compared with. Tools (and the
+        // scripts and mpirun ranks that start them) run with this process's kernels instead.
+        var environment = ProcessInfo.processInfo.environment
+        environment["DRL_BLAS_REEXEC"] = "1"
+        process.environment = environment
         let dir = try temporaryDirectory()
         let inPath = dir + "/stdin", outPath = dir + "/stdout", errPath = dir + "/stderr"
         FileManager.default.createFile(atPath: inPath, contents: Data(stdin))
