@@ -11,7 +11,10 @@
 #   enc-eval.safetensors      the held-out evaluation classifier (8,000 steps, seed 101; no
 #                             discriminator ever trains in it), and the test statistics
 #   results.tsv               the base's row (evaluate.sh: FD, KID, precision/recall, class consistency)
-# About 3 hours of a 2-core machine. Then DRL with the better discriminator of section 0.4:
+# About 1.5 hours of a 2-core machine (2026-12-07). Then DRL at lambda 2 (results section 0.6):
+#   RUN=runs/sit BASE=runs/sit/base-cool.safetensors DISC_FAKE=5000 DISC_REAL=5000 DISC_STEPS=25 DISC_HEAD=linear \
+#     LAMBDA=2 LR=1e-4 ROUNDS=12 EVAL_EVERY=3 EVAL_N=2000 EVAL_STEPS=25 NAME=am-cool-l2 bash pipelines/drl.sh
+# or with the better discriminator of section 0.4:
 #   RUN=runs/sit BASE=runs/sit/base-cool.safetensors DISC_HEAD=mlp DISC_FAKE=25000 DISC_REAL=25000 \
 #     DISC_MAX_STEPS=10000 DISC_STEPS=25 LAMBDA=1 LR=1e-4 ROUNDS=12 EVAL_EVERY=6 EVAL_N=2000 EVAL_STEPS=25 \
 #     NAME=am-cool-mlp25k bash pipelines/drl.sh
