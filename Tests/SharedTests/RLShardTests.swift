@@ -183,11 +183,8 @@ final class RLShardTests: XCTestCase {
             let diff = zip(single, r0.0).map { abs(Double($0) - Double($1)) }.max() ?? 0
             XCTAssertLessThanOrEqual(diff, 1e-6, "\(algo): 2 ranks vs 1 process")
             XCTAssertEqual(ms.map(\.0), r0.1.map(\.0))
-            // CRD's implicit-reward mean averages terms that nearly cancel (0.002 against a spread
-            // of 0.014): its rounding is measured on the scale of that spread.
-            let spread = ms.first { $0.0 == "implicit_reward_centered_std" }.map { abs($0.1) } ?? 0
             for ((k, a), (_, b)) in zip(ms, r0.1) where k != "logp_old_max_abs_err" {
-                let scale = k == "implicit_reward_mean" ? max(abs(a), spread) : abs(a)
+                let scale = TestSupport.roundingScale(of: k, value: a, in: ms)
                 XCTAssertEqual(a, b, accuracy: 1e-6 * max(scale, 1e-6), "\(algo): metric \(k)")
             }
             XCTAssertTrue(r0.1.map(\.1).elementsEqual(r1.1.map(\.1)) { $0 == $1 || ($0.isNaN && $1.isNaN) }, "\(algo): the ranks' metrics differ")

@@ -115,10 +115,7 @@ final class RLStepMPIToolTests: XCTestCase {
         }
         let x = try parse(a), y = try parse(b)
         XCTAssertEqual(x.map(\.0), y.map(\.0))
-        // CRD's implicit-reward mean averages terms of both signs that nearly cancel (0.002 against
-        // a spread of terms far larger), so its rounding is relative to that spread, not to itself:
-        // it is compared on the scale of the line's `implicit_reward_centered_std`.
-        let spread = x.first { $0.0 == "implicit_reward_centered_std" }.flatMap { number($0.1) } ?? 0
+        let numbers = x.compactMap { k, v in number(v).map { (k, $0) } }
         var worst = 0.0
         for ((k, u), (_, v)) in zip(x, y) {
             if k == "logp_old_max_abs_err", let p = number(u), let q = number(v) {
@@ -126,8 +123,7 @@ final class RLStepMPIToolTests: XCTestCase {
                 // on all 30 samples at once or on one rank's 18 or 12): small on both sides
                 XCTAssertLessThan(max(p, q), 1e-5, k)
             } else if let p = number(u), let q = number(v) {
-                let scale = k == "implicit_reward_mean" ? max(abs(p), abs(spread)) : abs(p)
-                let d = abs(p - q) / max(scale, 1e-12)
+                let d = abs(p - q) / max(TestSupport.roundingScale(of: k, value: p, in: numbers), 1e-12)
                 if d > 1e-6 { print("RLStepMPIToolTests: metrics \(a) \(k): \(p) vs \(q)") }
                 worst = max(worst, d)
             } else {

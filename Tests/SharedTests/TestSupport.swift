@@ -123,6 +123,16 @@ enum TestSupport {
         return path
     }
 
+    /// The scale a metric's rounding is judged against when one process is compared with ranks:
+    /// the metric itself, except CRD's implicit-reward mean, which averages terms of both signs
+    /// that nearly cancel (0.002 against a spread of 0.014), so its rounding is relative to the
+    /// spread of those terms (`implicit_reward_centered_std` of the same line), not to itself.
+    static func roundingScale(of key: String, value: Double, in line: [(String, Double)]) -> Double {
+        guard key == "implicit_reward_mean" else { return abs(value) }
+        let spread = line.first { $0.0 == "implicit_reward_centered_std" }.map { abs($0.1) } ?? 0
+        return max(abs(value), spread)
+    }
+
     /// Runs a bash script with the built tools first on PATH.
     static func shell(_ script: String, stdin: [UInt8] = [], timeout: TimeInterval = 60) throws -> Result {
         try run("/bin/bash", ["-c", "PATH=\(productsDirectory.path):$PATH; " + script], stdin: stdin, timeout: timeout)
