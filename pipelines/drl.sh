@@ -23,6 +23,7 @@ DISC_STEPS=${DISC_STEPS:-50}
 DISC_HEAD=${DISC_HEAD:-linear}
 DISC_MAX_STEPS=${DISC_MAX_STEPS:-3000}  # early stopping on held-out loss usually ends it sooner
 R1=${R1:-0}                            # R1 weight gamma on the real logit's image gradient
+R1_EVERY=${R1_EVERY:-1}                # lazy R1: on every K-th step only, weighted K * gamma (StyleGAN2: 16)
 DISC=${DISC:-$RUN/disc-$DISC_HEAD-r1_$R1.safetensors}   # shared by every run on this base
 REWARD=${REWARD:-discrim}              # discrim (the DRL logit) | brightness | confidence (deliberately hackable rewards: no stage 1)
 REWARD_CLASSIFIER=${REWARD_CLASSIFIER:-}  # REWARD=confidence: a classifier (embed train --kind classifier) whose
@@ -94,7 +95,7 @@ if [ "$REWARD" = discrim ] && [ ! -s "$DISC" ]; then
   fi
   "${embed_cmd[@]}" < "$fakes" > "$tmp/fake.tzst"
   tensors head -n "$DISC_REAL" -i "$RUN/train.tzst" | "${embed_cmd[@]}" > "$tmp/real.tzst"
-  r1=(); [ "$R1" != 0 ] && r1=(--r1 "$R1" --encoder "$ENC_DISC")
+  r1=(); [ "$R1" != 0 ] && r1=(--r1 "$R1" --r1-every "$R1_EVERY" --encoder "$ENC_DISC")
   discrim train --real "$tmp/real.tzst" --fake "$tmp/fake.tzst" --head "$DISC_HEAD" "${r1[@]}" \
     --max-steps "$DISC_MAX_STEPS" --seed "$SEED" --threads "$THREADS" --quiet -o "$DISC" > "$DISC.report.json"
   rm -rf "$tmp"
@@ -151,7 +152,7 @@ refresh_disc() {
       tensors head -n "$DISC_REAL" -i "$RUN/train.tzst" | "${embed_cmd[@]}" > "$tmp/real.tzst"
       mv "$tmp/real.tzst" "$real"
     fi
-    local r1=(); [ "$R1" != 0 ] && r1=(--r1 "$R1" --encoder "$ENC_DISC")
+    local r1=(); [ "$R1" != 0 ] && r1=(--r1 "$R1" --r1-every "$R1_EVERY" --encoder "$ENC_DISC")
     discrim train --real "$real" --fake "$tmp/fake.tzst" --head "$DISC_HEAD" "${r1[@]}" --init-from "$cur_disc" \
       --max-steps "$DISC_REFRESH_STEPS" --seed $((SEED + $1)) --threads "$THREADS" --quiet -o "$out" > "$out.report.json"
     rm -rf "$tmp"

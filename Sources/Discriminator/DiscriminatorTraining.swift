@@ -238,6 +238,9 @@ public struct DiscriminatorTrainOptions {
     public var patience = 15
     public var holdout = 0.1
     public var r1: Double = 0
+    /// Lazy R1 (StyleGAN2's regularisation interval): the penalty, weighted K * gamma, on every
+    /// K-th step only. The encoder's VJP and JVP on the real batch are most of a step's cost.
+    public var r1Every = 1
     public var seed: UInt64 = 0
     public init() {}
 }
@@ -278,6 +281,7 @@ public enum DiscriminatorTrainer {
         try head.validate(labels: real.labels)
         try head.validate(labels: fake.labels)
         if o.r1 > 0 && (encoder == nil || real.images == nil) { throw DiscriminatorError("{r1} needs the real images (`x`) and the encoder") }
+        guard o.r1Every >= 1 else { throw DiscriminatorError("the R1 interval must be >= 1 (got \(o.r1Every))") }
         var rng = CounterRNG(seed: o.seed, stream: 0xD15C)
         func split(_ s: LabelledFeatures) -> (LabelledFeatures, LabelledFeatures?) {
             let perm = shuffledIndices(s.count, &rng)
@@ -316,8 +320,9 @@ public enum DiscriminatorTrainer {
                     let ir = bufR[(m * bR)..<((m + 1) * bR)], iF = bufF[(m * bF)..<((m + 1) * bF)]
                     let r = tr.subset(ir), f = tf.subset(iF)
                     head.params.zeroGrad()
+                    let gamma = (step + 1) % o.r1Every == 0 ? o.r1 * Double(o.r1Every) : 0
                     let (loss, _, _) = DiscriminatorLoss.accumulate(head: head, realFeatures: r.features, realLabels: r.labels, realImages: r.images,
-                                                                    fakeFeatures: f.features, fakeLabels: f.labels, r1: o.r1, encoder: encoder)
+                                                                    fakeFeatures: f.features, fakeLabels: f.labels, r1: gamma, encoder: encoder)
                     guard loss.isFinite else { throw DiscriminatorError("discriminator loss became \(loss) at step \(step + 1)") }
                     opt.step()
                     step += 1

@@ -41,6 +41,7 @@ extension Discrim {
         @Option(name: .customLong("width"), help: "Width of h.") var width = 512
         @Option(name: .customLong("num-classes"), help: "Classes of the conditional head (default: largest label + 1; 0 = unconditional).") var numClasses: Int?
         @Option(name: .customLong("r1"), help: "R1 weight gamma: (gamma/2) |grad_x logit(real)|^2 through the encoder.") var r1 = 0.0
+        @Option(name: .customLong("r1-every"), help: "Lazy R1: apply it, weighted K * gamma, on every K-th step only (StyleGAN2 uses 16); most of an R1 step's cost is the encoder's.") var r1Every = 1
         @Option(name: .customLong("encoder"), help: "Encoder checkpoint for R1 (or `pixels`); must match the features' digest.") var encoder: String?
         @Option(name: .customLong("lr"), help: "Adam learning rate.") var lr: Float = 1e-4
         @Option(name: .customLong("batch"), help: "Samples per side per minibatch.") var batch = 256
@@ -56,8 +57,8 @@ extension Discrim {
         @Flag(name: .customLong("quiet"), help: "No evaluation log on stderr.") var quiet = false
 
         func validate() throws {
-            if width < 1 || batch < 1 || bufferBatches < 1 || bufferEpochs < 1 || maxSteps < 1 || evalEvery < 1 || patience < 1 {
-                throw ValidationError("--width, --batch, --buffer-batches, --buffer-epochs, --max-steps, --eval-every and --patience must be positive")
+            if width < 1 || batch < 1 || bufferBatches < 1 || bufferEpochs < 1 || maxSteps < 1 || evalEvery < 1 || patience < 1 || r1Every < 1 {
+                throw ValidationError("--width, --batch, --buffer-batches, --buffer-epochs, --max-steps, --eval-every, --patience and --r1-every must be positive")
             }
             if !(0..<1).contains(holdout) { throw ValidationError("--holdout must be in [0, 1)") }
             if !(r1 >= 0) || !r1.isFinite { throw ValidationError("--r1 must be >= 0") }
@@ -105,12 +106,12 @@ extension Discrim {
             }
             var o = DiscriminatorTrainOptions()
             o.lr = lr; o.batch = batch; o.bufferBatches = bufferBatches; o.bufferEpochs = bufferEpochs
-            o.maxSteps = maxSteps; o.evalEvery = evalEvery; o.patience = patience; o.holdout = holdout; o.r1 = r1; o.seed = seed
+            o.maxSteps = maxSteps; o.evalEvery = evalEvery; o.patience = patience; o.holdout = holdout; o.r1 = r1; o.r1Every = r1Every; o.seed = seed
             let report = try DiscriminatorTrainer.train(head: h, real: r, fake: f, options: o, encoder: encoderModel, optimizer: optimizer) { step, ev in
                 if !quiet { printError(String(format: "discrim train: step %d held-out bce %.4f acc %.4f auc %.4f", step, ev.bce, ev.accuracy, ev.auc)) }
             }
             var meta = ["tool": "discrim train", "version": Toolkit.version, "step": String(report.steps), "report": report.json, "seed": String(seed),
-                        "r1": "\(r1)", "real": real, "fake": fake]
+                        "r1": "\(r1)", "r1_every": String(r1Every), "real": real, "fake": fake]
             if let parent { meta[TrainingCheckpoint.parentKey] = parent }
             var checkpoint = h.checkpointRecord(encoder: enc, metadata: meta)
             optimizer?.save(into: &checkpoint)   // what a later --init-from continues

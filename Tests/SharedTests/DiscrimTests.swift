@@ -170,6 +170,35 @@ final class DiscrimTests: XCTestCase {
         }
     }
 
+    /// Lazy R1: with interval K the penalty, weighted K * gamma, enters on steps K, 2K, ... only,
+    /// so a run shorter than K equals one without R1 bit for bit, and one that reaches step K
+    /// does not; K = 1 is the every-step R1.
+    func testLazyR1AppliesThePenaltyEveryKthStep() throws {
+        let enc = TanhEncoder(inputShape: [1, 1, 3], featureDimension: 4, seed: 6)
+        var rng = CounterRNG(seed: 12, stream: 3)
+        let n = 64
+        let xr = (0..<(n * 3)).map { _ in Float(rng.normal()) }
+        let real = LabelledFeatures(features: Encoders.features(enc, x: xr, batch: n), labels: (0..<n).map { $0 % 2 }, dim: 4,
+                                    images: xr, imageShape: [1, 1, 3])
+        let fake = LabelledFeatures(features: (0..<(n * 4)).map { _ in Float(rng.normal() * 0.8 + 0.3) }, labels: (0..<n).map { ($0 + 1) % 2 }, dim: 4)
+        func weights(steps: Int, r1: Double, every: Int) throws -> [[Float]] {
+            let head = try ProjectionHead(config: DiscriminatorConfig(head: "linear", featureDim: 4, width: 5, numClasses: 2), seed: 5)
+            var o = DiscriminatorTrainOptions()
+            o.lr = 1e-2; o.batch = 16; o.bufferBatches = 2; o.bufferEpochs = 1; o.maxSteps = steps; o.holdout = 0
+            o.r1 = r1; o.r1Every = every
+            _ = try DiscriminatorTrainer.train(head: head, real: real, fake: fake, options: o, encoder: enc)
+            return head.params.all.map(\.values)
+        }
+        XCTAssertEqual(try weights(steps: 3, r1: 0.5, every: 4), try weights(steps: 3, r1: 0, every: 1))
+        XCTAssertNotEqual(try weights(steps: 4, r1: 0.5, every: 4), try weights(steps: 4, r1: 0, every: 1))
+        XCTAssertNotEqual(try weights(steps: 4, r1: 0.5, every: 4), try weights(steps: 4, r1: 0.5, every: 1))
+        XCTAssertNotEqual(try weights(steps: 1, r1: 0.5, every: 1), try weights(steps: 1, r1: 0, every: 1))
+        var o = DiscriminatorTrainOptions()
+        o.r1 = 0.5; o.r1Every = 0
+        let head = try ProjectionHead(config: DiscriminatorConfig(head: "linear", featureDim: 4, width: 5, numClasses: 2), seed: 5)
+        XCTAssertThrowsError(try DiscriminatorTrainer.train(head: head, real: real, fake: fake, options: o, encoder: enc))
+    }
+
     func testAUC() {
         XCTAssertEqual(DiscriminatorLoss.auc(real: [3, 4], fake: [1, 2]), 1)
         XCTAssertEqual(DiscriminatorLoss.auc(real: [1, 2], fake: [3, 4]), 0)
