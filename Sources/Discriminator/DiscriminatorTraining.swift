@@ -146,8 +146,8 @@ public enum DiscriminatorLoss {
     /// R1 (gamma > 0) differentiates the logit with respect to the image through the frozen
     /// encoder: grad_x l = J^T g with g = dl/df. Its parameter gradient is
     /// (gamma/B) sum_i d/dtheta [w_i . g_i(theta)] with w_i = J J^T g_i, taken as a central
-    /// difference of parameter gradients at f_i +- e w_i (exact for the linear head, whose
-    /// logit is affine in f). Returns (loss, bce, r1 = mean |grad_x l|^2).
+    /// difference of parameter gradients at f_i +- e w_i (exact for the linear and quadratic
+    /// heads, whose parameter gradients are at most quadratic in f). Returns (loss, bce, r1 = mean |grad_x l|^2).
     @discardableResult
     public static func accumulate(head: ProjectionHead, realFeatures: [Float], realLabels: [Int], realImages: [Float]? = nil,
                                   fakeFeatures: [Float], fakeLabels: [Int], r1 gamma: Double = 0,

@@ -5,7 +5,8 @@ import TensorStream
 
 /// Architecture of a discriminator head, serialised as JSON into checkpoint metadata `config`.
 public struct DiscriminatorConfig: Codable, Equatable, Sendable {
-    /// "linear" (DRL: h = linear map of the features) or "mlp" (linear map, then two GELU residual blocks).
+    /// "linear" (DRL: h = linear map of the features), "mlp" (linear map, then two GELU residual
+    /// blocks) or "quadratic" (linear, plus a diagonal quadratic form in h).
     public var head: String
     public var featureDim: Int
     public var width: Int
@@ -27,7 +28,7 @@ public struct DiscriminatorConfig: Codable, Equatable, Sendable {
     public static let blocks = 2
 
     public func validate() throws {
-        guard head == "linear" || head == "mlp" else { throw DiscriminatorError("discriminator head must be linear or mlp, got \(head)") }
+        guard ["linear", "mlp", "quadratic"].contains(head) else { throw DiscriminatorError("discriminator head must be linear, mlp or quadratic, got \(head)") }
         guard featureDim > 0, width > 0, numClasses >= 0 else { throw DiscriminatorError("discriminator config: sizes must be positive") }
     }
 
@@ -52,6 +53,12 @@ public struct DiscriminatorConfig: Codable, Equatable, Sendable {
 ///     mlp:  h = h + fc2(GELU(fc1(h)))  twice           Linear(W, W) x 2 each (`blocks.i.fc1/fc2`)
 ///     logit = psi(h) + <h, e(y)> + b(y)                Linear(W, 1) (`psi`), Embedding(K, W) (`embed`),
 ///                                                      Embedding(K, 1) (`class_bias`)
+///     quadratic: logit += sum_j q_j h_j^2             (`quad.weight`, W; starts at 0)
+///
+/// The quadratic head can hold the exact log ratio of two Gaussians (any symmetric form
+/// f^T A f = (P f)^T diag(q) (P f) once W >= D), the log density ratio Frechet distance assumes.
+/// A linear logit's exponential tilt only shifts the features along one direction; a quadratic
+/// one can also widen or narrow them, which a base whose features are too concentrated needs.
 ///
 /// The logit estimates log q(x)/p(x) (q real, p generated); D = sigmoid(logit). Single-threaded
 /// layers (BLAS threads inside); not thread-safe.
@@ -63,6 +70,7 @@ public final class ProjectionHead {
     let psi: Linear
     let embed: Parameter?
     let classBias: Parameter?
+    let quad: Parameter?
 
     private var batch = 0
     private var labels: [Int] = []
@@ -89,6 +97,7 @@ public final class ProjectionHead {
             embed = nil
             classBias = nil
         }
+        quad = config.head == "quadratic" ? ps.add("quad.weight", [W]) : nil
         var rng = CounterRNG(seed: seed, stream: 0xD15C)
         proj.initDefault(rng: &rng)
         for l in fc1 { l.initDefault(rng: &rng) }
@@ -134,6 +143,14 @@ public final class ProjectionHead {
                 logits[b] += s + classBias.value[y[b]]
             }
         }
+        if let quad {
+            for b in 0..<batch {
+                let hb = hh + b * W
+                var s: Float = 0
+                for j in 0..<W { s += quad.value[j] * hb[j] * hb[j] }
+                logits[b] += s
+            }
+        }
         return logits
     }
 
@@ -164,6 +181,13 @@ public final class ProjectionHead {
                     for j in 0..<W { ge[j] += d * hb[j] }
                     classBias.grad[y] += d
                 }
+            }
+        }
+        if let quad {
+            for b in 0..<B {
+                let d = dlc[b], hb = hh + b * W, gb = g + b * W
+                for j in 0..<W { gb[j] += 2 * d * quad.value[j] * hb[j] }
+                if paramGrads { for j in 0..<W { quad.grad[j] += d * hb[j] * hb[j] } }
             }
         }
         for i in fc1.indices.reversed() {

@@ -3,7 +3,7 @@ import Foundation
 import Shared
 
 /// --head: the discriminator head.
-enum HeadKind: String, CaseIterable, ExpressibleByArgument { case linear, mlp }
+enum HeadKind: String, CaseIterable, ExpressibleByArgument { case linear, mlp, quadratic }
 
 struct Discrim: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -37,7 +37,7 @@ extension Discrim {
         @Option(name: .customLong("real"), help: "Stream of real samples' features.") var real: String
         @Option(name: .customLong("fake"), help: "Stream of generated samples' features.") var fake: String
         @Option(name: [.short, .customLong("output")], help: "Discriminator checkpoint to write (.safetensors).") var output: String
-        @Option(name: .customLong("head"), help: "linear (DRL) or mlp (two GELU residual blocks).") var head: HeadKind = .linear
+        @Option(name: .customLong("head"), help: "linear (DRL), mlp (two GELU residual blocks) or quadratic (linear plus a diagonal quadratic form in h: a Gaussian log ratio).") var head: HeadKind = .linear
         @Option(name: .customLong("width"), help: "Width of h.") var width = 512
         @Option(name: .customLong("num-classes"), help: "Classes of the conditional head (default: largest label + 1; 0 = unconditional).") var numClasses: Int?
         @Option(name: .customLong("r1"), help: "R1 weight gamma: (gamma/2) |grad_x logit(real)|^2 through the encoder.") var r1 = 0.0

@@ -98,8 +98,41 @@ final class DiscrimTests: XCTestCase {
         XCTAssertLessThan(rmse, 0.12)
     }
 
+    /// Same mean, different spread: real N(0, 1), fake N(0, 0.6^2) in 2-D. The log ratio
+    /// 0.5 (1/0.36 - 1) |f|^2 + 2 ln 0.6 is quadratic: the quadratic head learns it, and a linear
+    /// head cannot separate the two at all.
+    func testQuadraticHeadLearnsAGaussianVarianceRatio() throws {
+        let D = 2, sf: Float = 0.6
+        var rng = CounterRNG(seed: 31, stream: 2)
+        let real = LabelledFeatures(features: (0..<(8000 * D)).map { _ in Float(rng.normal()) }, labels: [Int](repeating: 0, count: 8000), dim: D)
+        let fake = LabelledFeatures(features: (0..<(8000 * D)).map { _ in sf * Float(rng.normal()) }, labels: [Int](repeating: 0, count: 8000), dim: D)
+        var o = DiscriminatorTrainOptions()
+        o.lr = 3e-3; o.batch = 256; o.bufferBatches = 10; o.bufferEpochs = 2; o.maxSteps = 2000; o.evalEvery = 50; o.patience = 8
+        var auc: [String: Double] = [:]
+        for kind in ["linear", "quadratic"] {
+            let head = try ProjectionHead(config: DiscriminatorConfig(head: kind, featureDim: D, width: 16, numClasses: 0), seed: 4)
+            let rep = try DiscriminatorTrainer.train(head: head, real: real, fake: fake, options: o)
+            auc[kind] = try XCTUnwrap(rep.heldOut).auc
+            guard kind == "quadratic" else { continue }
+            var se = 0.0
+            var r2 = CounterRNG(seed: 78)
+            for _ in 0..<1000 {
+                let x: [Float] = [Float(r2.normal() * 0.8), Float(r2.normal() * 0.8)]
+                let rr = Double(x[0] * x[0] + x[1] * x[1])
+                let truth = 0.5 * (1 / Double(sf * sf) - 1) * rr + Double(D) * log(Double(sf))
+                let l = Double(head.logits(x, labels: [0])[0])
+                se += (l - truth) * (l - truth)
+            }
+            let rmse = (se / 1000).squareRoot()
+            print("variance ratio: quadratic RMSE(logit - true log ratio) = \(rmse), AUC \(auc)")
+            XCTAssertLessThan(rmse, 0.15)
+        }
+        XCTAssertLessThan(try XCTUnwrap(auc["linear"]), 0.6)
+        XCTAssertGreaterThan(try XCTUnwrap(auc["quadratic"]), 0.7)
+    }
+
     func testHeadGradients() throws {
-        for kind in ["linear", "mlp"] {
+        for kind in ["linear", "mlp", "quadratic"] {
             var g = GradCheck()
             let D = 5, B = 4
             let head = try ProjectionHead(config: DiscriminatorConfig(head: kind, featureDim: D, width: 6, numClasses: 3), seed: 3)
@@ -145,7 +178,7 @@ final class DiscrimTests: XCTestCase {
     /// The full loss (BCE + R1 through the encoder) against finite differences of its value,
     /// for both heads; the tanh encoder has no JVP, so J J^T g takes the finite-difference route.
     func testR1ParameterGradient() throws {
-        for kind in ["linear", "mlp"] {
+        for kind in ["linear", "mlp", "quadratic"] {
             var g = GradCheck()
             g.eps = 3e-3
             g.rtol = 1e-2
