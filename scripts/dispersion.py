@@ -7,32 +7,24 @@ distance to the nearest real feature.
     python3 scripts/dispersion.py REAL_FEATS.tzst NAME=GEN_FEATS.tzst [NAME=GEN_FEATS.tzst ...]
 
 Each stream holds `feat` [B, D] and `y` [B] (the output of `embed`). Needs numpy, scipy and
-zstandard (pip); never needed by the tools or the tests.
+safetensors, zstandard (pip); never needed by the tools or the tests.
 """
-import json
+import os
 import sys
 
 import numpy as np
-import zstandard
 from scipy import linalg
 from scipy.spatial.distance import cdist
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stream_interop import read_stream  # noqa: E402
+
 
 def read(path):
-    out = {}
     with open(path, "rb") as f:
-        z = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
-        while (head := z.read(8)):
-            header = z.read(int.from_bytes(head, "little"))
-            meta = json.loads(header)
-            tensors = {k: v for k, v in meta.items() if k != "__metadata__"}
-            body = z.read(max((v["data_offsets"][1] for v in tensors.values()), default=0))
-            for k in ("feat", "y"):
-                v = tensors[k]
-                dtype = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32}[v["dtype"]]
-                a, b = v["data_offsets"]
-                out.setdefault(k, []).append(np.frombuffer(body[a:b], dtype=dtype).reshape(v["shape"]))
-    return np.concatenate(out["feat"]).astype(np.float64), np.concatenate(out["y"]).astype(np.int64)
+        records = [t for t, _ in read_stream(f.read())]
+    return (np.concatenate([t["feat"] for t in records]).astype(np.float64),
+            np.concatenate([t["y"] for t in records]).astype(np.int64))
 
 
 def within(f, y):

@@ -11,13 +11,10 @@ import numpy as np
 import zstandard
 from safetensors.numpy import load, save
 
-BIN = sys.argv[1] if len(sys.argv) > 1 else subprocess.check_output(
-    ["swift", "build", "-c", "release", "--show-bin-path"], text=True).strip()
-TENSORS = os.path.join(BIN, "tensors")
 
 
 def read_stream(raw):
-    """The README's reader: each record is 8-byte header length N, N bytes of JSON, the data."""
+    """Yields (tensors, metadata) per record of a stream's bytes. The README's reader: each record is 8-byte header length N, N bytes of JSON, the data."""
     f = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True)
     while (head := f.read(8)):
         n = int.from_bytes(head, "little")
@@ -40,6 +37,10 @@ def idx(path):
 
 
 def main():
+    # Resolved here, not at import: other scripts import read_stream and write_stream.
+    bin_dir = sys.argv[1] if len(sys.argv) > 1 else subprocess.check_output(
+        ["swift", "build", "-c", "release", "--show-bin-path"], text=True).strip()
+    TENSORS = os.path.join(bin_dir, "tensors")
     d = "/usr/share/datasets/fashion-mnist"
     images, labels = f"{d}/t10k-images-idx3-ubyte.gz", f"{d}/t10k-labels-idx1-ubyte.gz"
     if os.path.exists(images):

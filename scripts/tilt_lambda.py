@@ -11,24 +11,18 @@ carrying all the weight means the estimate is not to be trusted).
 
 Needs numpy, zstandard and safetensors (pip); never needed by the tools or the tests.
 """
-import json
+import os
 import sys
 
 import numpy as np
-import zstandard
-from safetensors.numpy import load
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stream_interop import read_stream  # noqa: E402
 
 
 def rewards(path):
-    out = []
     with open(path, "rb") as f:
-        z = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
-        while (head := z.read(8)):
-            header = z.read(int.from_bytes(head, "little"))
-            meta = json.loads(header)
-            size = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
-            out.append(load(head + header + z.read(size))["reward"])
-    return np.concatenate(out).astype(np.float64)
+        return np.concatenate([t["reward"] for t, _ in read_stream(f.read())]).astype(np.float64)
 
 
 def tilted(fake, lam):
