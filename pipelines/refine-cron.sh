@@ -24,7 +24,8 @@ BASE=${BASE:-$RUN/base.safetensors}
 ENC_DISC=${ENC_DISC:-$RUN/enc-disc.safetensors}   # or "pixels", as in drl.sh
 DISC_HEAD=${DISC_HEAD:-linear}
 R1=${R1:-0}
-DISC=${DISC:-$RUN/disc-$DISC_HEAD-r1_$R1.safetensors}   # drl.sh stage 1's name for it
+R1_EVERY=${R1_EVERY:-1}
+DISC=${DISC:-$RUN/disc-$DISC_HEAD-r1_$R1$([ "$R1_EVERY" = 1 ] || echo "-every$R1_EVERY").safetensors}   # drl.sh stage 1's name for it
 N=${N:-256}
 STEPS=${STEPS:-20}
 LAMBDA=${LAMBDA:-10}
