@@ -157,17 +157,38 @@ public final class Conv2d {
         while s0 < batch {
             let n = min(chunk, batch - s0)
             let rows = n * P
-            let dr: UnsafePointer<Float>
-            if tokensOut {
-                dr = dy + s0 * P * O
-            } else {
-                let t = rowsTmp.ensure(rows * O)
+            if !tokensOut {
+                // NCHW: the adjoint of forward's transposed layout. dy gathered as [O, n*P] by
+                // contiguous copies; dW += dy x cols^T and dcols = W^T x dy are plain sgemms, and the
+                // column scatter runs along output rows (vectorisable), not element by element.
+                let nP = rows
+                let g = rowsTmp.ensure(O * nP)
                 for s in 0..<n {
-                    let src = dy + (s0 + s) * P * O, dst = t + s * P * O
-                    for ch in 0..<O { for p in 0..<P { dst[p * O + ch] = src[ch * P + p] } }
+                    for ch in 0..<O { (g + ch * nP + s * P).update(from: dy + ((s0 + s) * O + ch) * P, count: P) }
                 }
-                dr = UnsafePointer(t)
+                if paramGrads {
+                    let ct = cols.ensure(K * nP)
+                    im2colTransposed(x, from: s0, count: n, into: ct)
+                    BLAS.sgemm(transB: true, m: O, n: K, k: nP, a: g, b: ct, beta: 1, c: weight.grad)
+                    if let bias {
+                        let bg = bias.grad
+                        for ch in 0..<O {
+                            let r = g + ch * nP
+                            var acc: Float = 0
+                            for p in 0..<nP { acc += r[p] }
+                            bg[ch] += acc
+                        }
+                    }
+                }
+                if inputGrad {
+                    let dc = dCols.ensure(K * nP)
+                    BLAS.sgemm(transA: true, m: K, n: nP, k: O, a: weight.value, b: g, beta: 0, c: dc)
+                    transposedCol2im(geometry, dc, from: s0, count: n, into: dx)
+                }
+                s0 += n
+                continue
             }
+            let dr = dy + s0 * P * O  // tokens out: dy is already [rows, O]
             if paramGrads {
                 let c = cols.ensure(n * P * K)
                 im2col(x, from: s0, count: n, into: c)
