@@ -256,11 +256,13 @@ final class LayersTests: XCTestCase {
             g.check("conv.weight", value: conv.weight.value, count: conv.weight.count, analytic: conv.weight.grads, loss: loss)
             g.check("conv.bias", value: conv.bias!.value, count: O, analytic: conv.bias!.grads, loss: loss)
             // one sample per chunk gives the same output and gradients as the whole batch at once
+            conv.samplesPerChunk = B
             let whole = (array(conv.forward(x.pointer, batch: B, height: H, width: W), n), conv.weight.grads)
             ps.zeroGrad()
             conv.forward(x.pointer, batch: B, height: H, width: W)
             let dxWhole = array(conv.backward(w), B * C * H * W), dwWhole = conv.weight.grads
             conv.maxColumnFloats = 1
+            conv.samplesPerChunk = 1
             ps.zeroGrad()
             for (a, b) in zip(array(conv.forward(x.pointer, batch: B, height: H, width: W), n), whole.0) { XCTAssertEqual(a, b, accuracy: 1e-5) }
             let dxChunked = array(conv.backward(w), B * C * H * W)
