@@ -24,9 +24,9 @@ struct Train: ParsableCommand {
 
         --cooldown N decays the learning rate linearly over the last N steps of the run (a \
         warmup-stable-decay schedule). The window is stored as absolute steps, so \
-        `--resume CKPT --steps S --cooldown N -o cooled.safetensors` turns any checkpoint of a \
-        constant-rate run into a converged model without retraining it, and that branch resumes \
-        exactly too.
+        `--resume CKPT --steps S --cooldown N -o cooled.safetensors` turns any checkpoint taken at \
+        a constant rate (of a run without --cooldown, or before its decay began: the window moves) \
+        into a converged model without retraining it, and that branch resumes exactly too.
 
         Examples:
           D=/usr/share/datasets/fashion-mnist
@@ -256,11 +256,13 @@ struct Train: ParsableCommand {
     }
 
     /// On resume every given hyperparameter must equal the checkpoint's (an exact continuation);
-    /// the one exception is a cooldown added to a run that has none (a warmup-stable-decay branch).
-    /// Returns the settings to continue with.
+    /// the one exception is a cooldown added to a run whose rate has been constant so far (a
+    /// warmup-stable-decay branch): one without a window, or one whose window has not begun, which
+    /// may be moved (a longer run, then the same decay). Returns the settings to continue with.
     func resumedSettings(_ saved: TrainSettings, at step: Int) throws -> TrainSettings {
         var branched = saved
-        if saved.cooldownStart == nil, cooldown != nil {
+        let constantSoFar = saved.cooldownStart.map { step <= $0 } ?? true
+        if constantSoFar, cooldown != nil {
             applyCooldown(to: &branched)
             if let start = branched.cooldownStart, start < step {
                 throw ToolError("--cooldown \(cooldown!) would start at step \(start), before the checkpoint's step \(step); give --steps >= \(step + cooldown!) or a shorter --cooldown")

@@ -189,8 +189,32 @@ final class TrainToolTests: XCTestCase {
         XCTAssertEqual(freshRates[9], 2e-3, accuracy: 1e-9)        // end of warmup, start of the window
         XCTAssertEqual(freshRates[10], 2e-3, accuracy: 1e-9)       // first decaying step: (20-11+1)/10
         XCTAssertEqual(freshRates[19], 2e-4, accuracy: 1e-9)       // last: base / N
+        // A run whose decay has not begun may move its window. A checkpoint at step 45 of a
+        // branch decaying over 50-70, resumed with --steps 80 --cooldown 20, continues exactly as
+        // the constant run branched at step 40 into the same 60-80 window: steps 46-80 log the
+        // same losses and rates (until step 50 both ran at the constant rate).
+        branchSettings.cooldownStart = 50
+        branchSettings.cooldownEnd = 70
+        let early = try FlowMatchingTrainer(net: try VelocityNet.load(from: record), settings: branchSettings,
+                                            data: try TrainingData.read(try TensorStreamReader(path: streamPath)))
+        try early.restore(from: record)
+        BLAS.setThreads(1)
+        while early.step < 45 { _ = try early.trainStep() }
+        let pre = dir + "/pre.safetensors"
+        try Checkpoint.write(early.checkpointRecord(parentDigest: nil, metadata: ["tool": "train", "version": Toolkit.version]), to: pre)
+        let movedLog = dir + "/moved.jsonl", longLog = dir + "/long.jsonl"
+        r = try TestSupport.run("train", ["--resume", pre, "--steps", "80", "--cooldown", "20", "--metrics", movedLog, "-o", dir + "/moved.safetensors", "--threads", "1", "--quiet"], stdin: data)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        r = try TestSupport.run("train", ["--resume", constant, "--steps", "80", "--cooldown", "20", "--metrics", longLog, "-o", dir + "/long.safetensors", "--threads", "1", "--quiet"], stdin: data)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        func curve(_ path: String) throws -> [String] {
+            try lines(path).filter { ($0["step"] as! Int) > 45 }.map { "\($0["step"]!) \($0["loss"]!) \($0["lr"]!)" }
+        }
+        XCTAssertEqual(try curve(movedLog).count, 35)
+        XCTAssertEqual(try curve(movedLog), try curve(longLog))
+        XCTAssertEqual(try lines(movedLog).last!["lr"] as! Double, 2e-3 / 20, accuracy: 1e-9)
         // A cooldown that would start before the checkpoint, a cooldown longer than the run,
-        // and changing the window of a run that already has one are refused.
+        // and changing the window of a run whose decay has begun are refused.
         r = try TestSupport.run("train", ["--resume", constant, "--steps", "50", "--cooldown", "20", "-o", dir + "/x.safetensors"], stdin: data)
         EngineTestSupport.assertOneLineError(r, "train", contains: "--cooldown")
         r = try TestSupport.run("train", common + ["--steps", "10", "--cooldown", "11", "-o", dir + "/x.safetensors"], stdin: data)
