@@ -10,6 +10,7 @@
 # complete round when started again with the same settings.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
 RUN=${RUN:-runs/demo}
 THREADS=${THREADS:-2}
 SEED=${SEED:-0}
@@ -24,7 +25,7 @@ DISC_HEAD=${DISC_HEAD:-linear}        # linear (DRL), mlp, or quadratic (a Gauss
 DISC_MAX_STEPS=${DISC_MAX_STEPS:-3000}  # early stopping on held-out loss usually ends it sooner
 R1=${R1:-0}                            # R1 weight gamma on the real logit's image gradient
 R1_EVERY=${R1_EVERY:-1}                # lazy R1: on every K-th step only, weighted K * gamma (StyleGAN2: 16)
-DISC=${DISC:-$RUN/disc-$DISC_HEAD-r1_$R1$([ "$R1_EVERY" = 1 ] || echo "-every$R1_EVERY").safetensors}   # shared by every run on this base with these settings
+DISC=${DISC:-$(default_disc "$RUN" "$DISC_HEAD" "$R1" "$R1_EVERY")}   # shared by every run on this base with these settings
 REWARD=${REWARD:-discrim}              # discrim (the DRL logit) | brightness | confidence (deliberately hackable rewards: no stage 1)
 REWARD_CLASSIFIER=${REWARD_CLASSIFIER:-}  # REWARD=confidence: a classifier (embed train --kind classifier) whose
                                        # softmax probability of the requested class is the reward; not the

@@ -11,6 +11,12 @@ sample_weights() {
   if [ -n "$(ckpt_meta "$1" rl.algo)" ]; then echo --no-ema; fi
 }
 
+# default_disc RUN HEAD R1 R1_EVERY: drl.sh stage 1's discriminator file for these settings, shared
+# by every run on the same base with them (refine-cron.sh finds it by the same name).
+default_disc() {
+  echo "$1/disc-$2-r1_$3$([ "$4" = 1 ] || echo "-every$4").safetensors"
+}
+
 # plot_png OUT TITLE XLABEL YLABEL SETTINGS PLOT...: one gnuplot PNG of the given plot clauses;
 # SETTINGS holds any further gnuplot lines (keys, second axis).
 plot_png() {

@@ -25,7 +25,7 @@ ENC_DISC=${ENC_DISC:-$RUN/enc-disc.safetensors}   # or "pixels", as in drl.sh
 DISC_HEAD=${DISC_HEAD:-linear}
 R1=${R1:-0}
 R1_EVERY=${R1_EVERY:-1}
-DISC=${DISC:-$RUN/disc-$DISC_HEAD-r1_$R1$([ "$R1_EVERY" = 1 ] || echo "-every$R1_EVERY").safetensors}   # drl.sh stage 1's name for it
+DISC=${DISC:-$(default_disc "$RUN" "$DISC_HEAD" "$R1" "$R1_EVERY")}   # drl.sh stage 1's name for it
 N=${N:-256}
 STEPS=${STEPS:-20}
 LAMBDA=${LAMBDA:-10}

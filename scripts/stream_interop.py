@@ -12,9 +12,9 @@ import zstandard
 from safetensors.numpy import load, save
 
 
-
 def read_stream(raw):
-    """Yields (tensors, metadata) per record of a stream's bytes. The README's reader: each record is 8-byte header length N, N bytes of JSON, the data."""
+    """Yields (tensors, metadata) per record of a stream's bytes. The README's reader: each
+    record is an 8-byte header length N, N bytes of JSON, then the data."""
     f = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True)
     while (head := f.read(8)):
         n = int.from_bytes(head, "little")

@@ -198,7 +198,6 @@ final class TrainToolTests: XCTestCase {
         let early = try FlowMatchingTrainer(net: try VelocityNet.load(from: record), settings: branchSettings,
                                             data: try TrainingData.read(try TensorStreamReader(path: streamPath)))
         try early.restore(from: record)
-        BLAS.setThreads(1)
         while early.step < 45 { _ = try early.trainStep() }
         let pre = dir + "/pre.safetensors"
         try Checkpoint.write(early.checkpointRecord(parentDigest: nil, metadata: ["tool": "train", "version": Toolkit.version]), to: pre)

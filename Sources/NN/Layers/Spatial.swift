@@ -167,7 +167,7 @@ public final class Conv2d {
                 // NCHW: the adjoint of forward's transposed layout. dy gathered as [O, n*P] by
                 // contiguous copies; dW += dy x cols^T and dcols = W^T x dy are plain sgemms, and the
                 // column scatter runs along output rows (vectorisable), not element by element.
-                let nP = rows
+                let nP = rows  // columns of the [O, n*P] and [K, n*P] matrices
                 let g = rowsTmp.ensure(O * nP)
                 for s in 0..<n {
                     for ch in 0..<O { (g + ch * nP + s * P).update(from: dy + ((s0 + s) * O + ch) * P, count: P) }
